@@ -1,0 +1,651 @@
+"""The master: gunicorn's Arbiter, extended to run app pools and preloaders.
+
+Who forks and who reaps whom::
+
+    master (child subreaper) --fork--> preloader [app]      reaped by the master
+                             --fork--> direct worker [app]  reaped by the master
+    preloader --fork--> intermediate --fork--> worker [app]
+              reaps the intermediate   (worker re-parented to the master, reaped there)
+
+The master never imports application code. Signal handlers only queue (and
+wake the loop through ``signal.set_wakeup_fd``); SIGCHLD is handled in the
+loop on every gunicorn version, so reaping, pool bookkeeping and hooks never
+run inside a signal handler. Messages from preloaders wake the same
+``select``. The pure per-app state lives in :mod:`gunicorn_smartspawn.pool`;
+this module only carries out its actions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gunicorn import sock, util
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from gunicorn.pidfile import Pidfile
+
+from gunicorn_smartspawn import events, pool as poolmod
+from gunicorn_smartspawn import worker as worker_module
+from gunicorn_smartspawn.errors import PRELOADER_CRASHED, ProtocolError, describe_status, exit_code
+from gunicorn_smartspawn.preloader import Preloader
+from gunicorn_smartspawn.protocol import (
+    Channel,
+    PreloaderFailed,
+    PreloaderReady,
+    SpawnFailed,
+    SpawnWorker,
+    WorkerSpawned,
+)
+
+PR_SET_CHILD_SUBREAPER = 36
+#: gunicorn 23 waits with select() on a self-pipe; 25+ with a queue.
+_QUEUE_LOOP = hasattr(Arbiter, "wait_for_signals")
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants children of this process (Linux >= 3.4)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids whose parent is ``parent``, read from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields_after_name = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields_after_name) > 1 and int(fields_after_name[1]) == parent:
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class PreloaderHandle:
+    """The master's side of one running preloader."""
+
+    pid: int
+    app_name: str
+    generation: int
+    channel: Channel | None
+    stopping: bool = False
+
+
+@dataclass
+class AppSpec:
+    """What the master knows of one app: its gunicorn application object and listeners."""
+
+    name: str
+    app: Any
+    listeners: list[Any] = field(default_factory=list)
+
+
+class SmartArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's arbiter with per-app pools, smart (preloader) or direct spawning."""
+
+    def __init__(self, app: Any) -> None:
+        self.pools: dict[str, poolmod.AppPool] = {}
+        self.specs: dict[str, AppSpec] = {}
+        self.preloaders: dict[int, PreloaderHandle] = {}
+        self._pending_workers: dict[int, Any] = {}
+        self._worker_app: dict[int, str] = {}
+        self._wake_r = self._wake_w = -1
+        self._chld = False
+        self._sweep_at: float | None = None
+        self._setup_notes: list[str] = []
+        super().__init__(app)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def setup(self, app: Any) -> None:
+        cfg = app.cfg
+        method = cfg.spawn_method
+        if method == "smart" and not sys.platform.startswith("linux"):
+            raise RuntimeError(
+                f"spawn_method='smart' needs Linux (child subreaper, fork); this is {sys.platform}. "
+                "Use --spawn-method=direct"
+            )
+        if cfg.preload_app:
+            if method == "direct":
+                raise RuntimeError(
+                    "preload_app=True (--preload) conflicts with spawn_method='direct': it would import "
+                    "the app in the master. Use --spawn-method=smart to preload it in a preloader"
+                )
+            cfg.set("preload_app", False)
+            self._setup_notes.append(
+                "preload_app=True is ignored with spawn_method='smart': the app is preloaded in its "
+                "preloader process, not in the master"
+            )
+        super().setup(app)
+        for note in self._setup_notes:
+            self.log.warning(note)
+        self._setup_notes.clear()
+        self._configure_pools()
+
+    def _configure_pools(self) -> None:
+        name = default_app_name(self.app)
+        cfg = self.cfg
+        existing = self.pools.get(name)
+        if existing is None:
+            self.pools = {
+                name: poolmod.AppPool(
+                    name=name,
+                    spawn_method=cfg.spawn_method,
+                    target=self.num_workers,
+                    idle_timeout=float(cfg.preloader_idle_timeout),
+                    halt_on_boot_failure=True,
+                )
+            }
+        else:
+            if existing.spawn_method != cfg.spawn_method:
+                self.log.warning(
+                    "app=%s spawn_method change from %r to %r needs a restart; keeping %r",
+                    name, existing.spawn_method, cfg.spawn_method, existing.spawn_method,
+                )
+            existing.target = self.num_workers
+            existing.idle_timeout = float(cfg.preloader_idle_timeout)
+        self.specs[name] = AppSpec(name=name, app=self.app)
+
+    # -- start, signals, the wait ------------------------------------------------------------
+
+    def start(self) -> None:
+        if not become_subreaper() and self.cfg.spawn_method == "smart":
+            raise RuntimeError("spawn_method='smart': prctl(PR_SET_CHILD_SUBREAPER) failed; use --spawn-method=direct")
+        super().start()
+        for spec in self.specs.values():
+            spec.listeners = list(self.LISTENERS)
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            util.set_non_blocking(fd)
+            util.close_on_exec(fd)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    def _on_sigchld(self, sig: int, frame: Any) -> None:
+        self._chld = True  # the C-level handler already wrote to the wakeup fd
+
+    def wakeup(self) -> None:
+        super().wakeup()
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def sleep(self) -> None:  # gunicorn 23's wait
+        self._wait(1.0)
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:  # gunicorn >= 25's wait
+        signals = self._drain_signal_queue()
+        self._wait(0.0 if signals else timeout)
+        return signals + self._drain_signal_queue()
+
+    def _drain_signal_queue(self) -> list[int]:
+        import queue
+
+        signals = []
+        while True:
+            try:
+                sig = self.SIG_QUEUE.get_nowait()
+            except queue.Empty:
+                return signals
+            if sig != getattr(self, "WAKEUP_REQUEST", None):
+                signals.append(sig)
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a signal, a preloader message or ``timeout``; then handle children and messages."""
+        channels = {h.channel.fileno(): h for h in self.preloaders.values() if h.channel is not None}
+        fds = [self._wake_r, *channels]
+        if not _QUEUE_LOOP and self.PIPE:
+            fds.append(self.PIPE[0])
+        if not self._chld:
+            try:
+                readable, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                readable = []
+        else:
+            readable = []
+        for fd in (self._wake_r, *(self.PIPE[:1] if not _QUEUE_LOOP else [])):
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except OSError:
+                pass
+        if self._chld:
+            self._chld = False
+            self.reap_workers()
+        for fd in readable:
+            handle = channels.get(fd)
+            if handle is not None:
+                self._read_channel(handle)
+
+    # -- reaping --------------------------------------------------------------------------------
+
+    def handle_chld(self, *args: Any) -> None:
+        self.reap_workers()
+
+    handle_cld = handle_chld
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if not pid:
+                return
+            if pid == self.reexec_pid:
+                self.reexec_pid = 0
+            elif pid == getattr(self, "dirty_arbiter_pid", 0):
+                self.handle_dirty_arbiter_exit(pid, status)
+            elif pid in self.preloaders:
+                self._preloader_exited(pid, status)
+            elif pid in self.WORKERS:
+                self._worker_exited(pid, status)
+            else:
+                now = time.monotonic()
+                for pool in self.pools.values():
+                    pool.early_exit(pid, status)
+                self.log.debug("Reaped child pid=%s (%s), not a worker yet", pid, describe_status(status))
+
+    def _worker_exited(self, pid: int, status: int) -> None:
+        worker = self.WORKERS.pop(pid)
+        app_name = self._worker_app.pop(pid, worker.app_name)
+        self._log_worker_exit(app_name, pid, status)
+        pool = self.pools.get(app_name)
+        if pool is not None:
+            pool.worker_exited(pid, status, time.monotonic())
+        try:
+            worker.tmp.close()
+        except OSError:
+            pass
+        self.cfg.child_exit(self, worker)
+
+    def _log_worker_exit(self, app_name: str, pid: int, status: int) -> None:
+        code = exit_code(status)
+        if code is None:
+            sig = os.WTERMSIG(status)
+            what = describe_status(status)
+            if sig == signal.SIGKILL:
+                self.log.error("app=%s worker pid=%s was sent %s! Perhaps out of memory?", app_name, pid, what[7:])
+            elif sig in (signal.SIGTERM, signal.SIGQUIT):
+                self.log.info("app=%s worker pid=%s ended by %s", app_name, pid, what)
+            else:
+                self.log.warning("app=%s worker pid=%s was sent %s!", app_name, pid, what[7:])
+        elif code != 0:
+            self.log.error("app=%s worker pid=%s exited with code %s", app_name, pid, code)
+
+    def _preloader_exited(self, pid: int, status: int) -> None:
+        handle = self.preloaders.pop(pid)
+        self._close_channel(handle)
+        pool = self.pools.get(handle.app_name)
+        lost = pool.preloader_exited(pid, status, time.monotonic()) if pool else None
+        code = exit_code(status)
+        expected = code == 0 or (handle.stopping and status == signal.SIGTERM)
+        log = self.log.info if expected else self.log.error
+        log("app=%s preloader gen=%d pid=%d exited (%s)", handle.app_name, handle.generation, pid, describe_status(status))
+        for age in lost or ():
+            worker = self._pending_workers.pop(age, None)
+            if worker is not None:
+                worker.tmp.close()
+        if lost:
+            # a worker forked just before the preloader died may be a child of ours
+            # that nobody reported: look for it once it had time to be re-parented
+            self._sweep_at = time.monotonic() + 1.0
+
+    def _sweep_orphans(self, sig: int = signal.SIGTERM) -> None:
+        known = set(self.WORKERS) | set(self.preloaders) | {self.reexec_pid, getattr(self, "dirty_arbiter_pid", 0)}
+        for pid in child_pids(self.pid):
+            if pid not in known:
+                self.log.warning("Stopping unregistered child pid=%s (its preloader died mid-spawn)", pid)
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+
+    # -- the channel ----------------------------------------------------------------------------
+
+    def _read_channel(self, handle: PreloaderHandle) -> None:
+        if handle.channel is None:
+            return
+        try:
+            messages = handle.channel.receive()
+        except EOFError:
+            self._close_channel(handle)
+            return
+        except ProtocolError as exc:
+            self.log.error("app=%s preloader pid=%d sent a bad frame (%s); stopping it", handle.app_name, handle.pid, exc)
+            self._close_channel(handle)
+            self._kill(handle.pid, signal.SIGKILL)
+            return
+        now = time.monotonic()
+        pool = self.pools[handle.app_name]
+        for message, fds in messages:
+            for fd in fds:
+                os.close(fd)
+            if isinstance(message, PreloaderReady):
+                pool.preloader_ready(handle.pid, message.load_seconds, now)
+                self.log.info(
+                    "app=%s preloader gen=%d pid=%d ready, loaded in %.2fs",
+                    handle.app_name, handle.generation, handle.pid, message.load_seconds,
+                )
+            elif isinstance(message, PreloaderFailed):
+                self.log.error(
+                    "app=%s preloader gen=%d pid=%d failed to load the app: %s",
+                    handle.app_name, handle.generation, handle.pid, message.error,
+                )
+                pool.preloader_failed(handle.pid, message.error, now)
+            elif isinstance(message, WorkerSpawned):
+                self._worker_spawned(pool, handle, message, now)
+            elif isinstance(message, SpawnFailed):
+                worker = self._pending_workers.pop(message.age, None)
+                if worker is not None:
+                    worker.tmp.close()
+                self.log.error("app=%s spawn of worker age=%d failed: %s", handle.app_name, message.age, message.error)
+                pool.spawn_failed(message.age, message.error, now)
+
+    def _worker_spawned(self, pool: poolmod.AppPool, handle: PreloaderHandle, message: WorkerSpawned, now: float) -> None:
+        worker = self._pending_workers.pop(message.age, None)
+        if worker is None:
+            self.log.warning("app=%s preloader reported unknown worker age=%d pid=%d; stopping it", pool.name, message.age, message.pid)
+            self._kill(message.pid, signal.SIGTERM)
+            return
+        worker.pid = message.pid
+        self.WORKERS[message.pid] = worker
+        self._worker_app[message.pid] = pool.name
+        if hasattr(self, "_stats"):
+            self._stats["workers_spawned"] += 1
+        self.log.info(
+            "app=%s worker pid=%d age=%d gen=%d forked in %.1fms by preloader pid=%d",
+            pool.name, message.pid, message.age, handle.generation, message.fork_ms, handle.pid,
+        )
+        status = pool.worker_spawned(message.age, message.pid, now)
+        if status is not None:  # it exited before its WorkerSpawned arrived
+            self.WORKERS.pop(message.pid, None)
+            self._worker_app.pop(message.pid, None)
+            self._log_worker_exit(pool.name, message.pid, status)
+            worker.tmp.close()
+            self.cfg.child_exit(self, worker)
+
+    def _close_channel(self, handle: PreloaderHandle) -> None:
+        if handle.channel is not None:
+            handle.channel.close()
+            handle.channel = None
+
+    # -- carrying out the pools' actions ---------------------------------------------------
+
+    def manage_workers(self) -> None:
+        now = time.monotonic()
+        if self._sweep_at is not None and now >= self._sweep_at:
+            self._sweep_at = None
+            self._sweep_orphans()
+        for pool in self.pools.values():
+            pool.target = self.num_workers
+            for pid, state in list(pool.workers.items()):
+                if not state.ready:
+                    worker = self.WORKERS.get(pid)
+                    if worker is not None and worker.has_heartbeat():
+                        pool.worker_ready(pid)
+            for action in pool.tick(now):
+                self._perform(pool, action, now)
+        count = len(self.WORKERS)
+        if self._last_logged_active_worker_count != count:
+            self._last_logged_active_worker_count = count
+            self.log.debug(
+                "{0} workers".format(count),
+                extra={"metric": "gunicorn.workers", "value": count, "mtype": "gauge"},
+            )
+
+    def _perform(self, pool: poolmod.AppPool, action: poolmod.Action, now: float) -> None:
+        if isinstance(action, poolmod.SpawnFromPreloader):
+            handle = self.preloaders.get(action.preloader_pid)
+            for _ in range(action.count):
+                if handle is None or handle.channel is None:
+                    break
+                self._request_spawn(pool, handle, now)
+        elif isinstance(action, poolmod.SpawnDirect):
+            for _ in range(action.count):
+                self._spawn_direct(pool, now)
+        elif isinstance(action, poolmod.StartPreloader):
+            handle = self._start_preloader(pool, action.generation, now)
+            if action.generation == pool.generation and handle is not None:
+                # requests queue in the channel while the app loads: workers follow at once
+                for action2 in pool.tick(now):
+                    self._perform(pool, action2, now)
+        elif isinstance(action, poolmod.StopPreloader):
+            self._stop_preloader(action.pid, action.reason)
+        elif isinstance(action, poolmod.RetireWorker):
+            self.log.info("app=%s retiring worker pid=%d: %s", pool.name, action.pid, action.reason)
+            self.kill_worker(action.pid, signal.SIGTERM)
+        elif isinstance(action, poolmod.Halt):
+            raise HaltServer(action.reason, action.exit_status)
+
+    def _private_fds(self) -> list[int]:
+        """Descriptors of the master's that no child may keep."""
+        fds = [self._wake_r, self._wake_w]
+        if not _QUEUE_LOOP:
+            fds.extend(self.PIPE)
+        fds.extend(h.channel.fileno() for h in self.preloaders.values() if h.channel is not None)
+        return [fd for fd in fds if fd >= 0]
+
+    def _start_preloader(self, pool: poolmod.AppPool, generation: int, now: float) -> PreloaderHandle | None:
+        spec = self.specs[pool.name]
+        channel, preloader_end = Channel.pair()
+        private = self._private_fds() + [channel.fileno()]
+        sibling_tmps = [w.tmp for w in [*self.WORKERS.values(), *self._pending_workers.values()]]
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            channel.close()
+            preloader_end.close()
+            self.log.error("app=%s could not fork a preloader: %s", pool.name, exc)
+            pool.preloader_started(-1, generation, now)
+            pool.preloader_exited(-1, 1 << 8, now)
+            return None
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for fd in private:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                for tmp in sibling_tmps:
+                    tmp.close()
+                Preloader(
+                    arbiter=self,
+                    app=spec.app,
+                    app_name=pool.name,
+                    generation=generation,
+                    listeners=spec.listeners,
+                    sock=preloader_end,
+                    master_pid=self.pid,
+                    gc_freeze=bool(self.cfg.gc_freeze),
+                ).run()
+            finally:
+                os._exit(PRELOADER_CRASHED)
+        preloader_end.close()
+        handle = PreloaderHandle(pid=pid, app_name=pool.name, generation=generation, channel=channel)
+        self.preloaders[pid] = handle
+        pool.preloader_started(pid, generation, now)
+        self.log.info("app=%s preloader gen=%d pid=%d started", pool.name, generation, pid)
+        return handle
+
+    def _stop_preloader(self, pid: int, reason: str) -> None:
+        handle = self.preloaders.get(pid)
+        if handle is None:
+            return
+        self.log.info("app=%s preloader gen=%d pid=%d stopping: %s", handle.app_name, handle.generation, pid, reason)
+        handle.stopping = True
+        self._close_channel(handle)  # EOF: it exits between spawns
+        pool = self.pools.get(handle.app_name)
+        state = pool.retiring_preloaders.get(pid) if pool else None
+        if state is not None and not state.ready:
+            self._kill(pid, signal.SIGTERM)  # still importing: nothing to lose
+
+    def _request_spawn(self, pool: poolmod.AppPool, handle: PreloaderHandle, now: float) -> None:
+        assert handle.channel is not None
+        spec = self.specs[pool.name]
+        self.worker_age += 1
+        worker_module.spawn_context = worker_module.SpawnContext(app_name=pool.name, forked=True)
+        worker = self.worker_class(
+            self.worker_age, self.pid, spec.listeners, spec.app, self.timeout / 2.0, self.cfg, self.log
+        )
+        self.cfg.pre_fork(self, worker)
+        try:
+            handle.channel.send(SpawnWorker(age=worker.age), [worker.tmp.fileno()])
+        except OSError as exc:
+            worker.tmp.close()
+            self.log.error("app=%s preloader pid=%d unreachable (%s); stopping it", pool.name, handle.pid, exc)
+            self._close_channel(handle)
+            self._kill(handle.pid, signal.SIGKILL)
+            return
+        self._pending_workers[worker.age] = worker
+        pool.spawn_requested(worker.age, handle.pid, now)
+
+    def _spawn_direct(self, pool: poolmod.AppPool, now: float) -> None:
+        spec = self.specs[pool.name]
+        worker_module.spawn_context = worker_module.SpawnContext(
+            app_name=pool.name, forked=False, private_fds=tuple(self._private_fds())
+        )
+        listeners, self.LISTENERS = self.LISTENERS, spec.listeners
+        try:
+            pid = super().spawn_worker()  # the child never returns from here
+        finally:
+            self.LISTENERS = listeners
+        self._worker_app[pid] = pool.name
+        pool.worker_started(pid, self.WORKERS[pid].age, now)
+
+    def spawn_worker(self) -> Any:
+        """gunicorn's entry point for one more worker: route it through the first pool."""
+        pool = next(iter(self.pools.values()))
+        self._spawn_direct(pool, time.monotonic())
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        known = pid in self.WORKERS
+        super().kill_worker(pid, sig)
+        if known and pid not in self.WORKERS:  # it was already gone (ESRCH)
+            app_name = self._worker_app.pop(pid, None)
+            if app_name in self.pools:
+                self.pools[app_name].worker_exited(pid, 0, time.monotonic())
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    # -- reload and stop ------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """HUP: re-read the configuration, then start a new generation of every app.
+
+        A smart app keeps its current preloader and workers until the new
+        generation's preloader has imported the new code; if that fails, the
+        error is logged and the old generation keeps serving.
+        """
+        old_address = self.cfg.address
+        for k in self.cfg.env:
+            if k in self.cfg.env_orig:
+                os.environ[k] = self.cfg.env_orig[k]
+            else:
+                os.environ.pop(k, None)
+        events.clear()  # gunicorn.conf.py registers its callbacks again
+        self.app.reload()
+        self.setup(self.app)
+        self.log.reopen_files()
+        if old_address != self.cfg.address:
+            for lnr in self.LISTENERS:
+                lnr.close()
+            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
+        for spec in self.specs.values():
+            spec.listeners = list(self.LISTENERS)
+        self.cfg.on_reload(self)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        if self.cfg.pidfile is not None:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        if hasattr(self, "_stats"):
+            self._stats["reloads"] += 1
+        util._setproctitle("master [%s]" % self.proc_name)
+        now = time.monotonic()
+        for pool in self.pools.values():
+            pool.request_reload(now)
+            self.log.info("app=%s reloading: generation %d", pool.name, pool.generation + (pool.spawn_method == "smart"))
+        self.manage_workers()
+
+    def stop(self, graceful: bool = True) -> None:
+        unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
+        sock.close_sockets(self.LISTENERS, unlink)
+        self.LISTENERS = []
+        for handle in list(self.preloaders.values()):
+            handle.stopping = True
+            self._close_channel(handle)
+            self._kill(handle.pid, signal.SIGTERM)
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        limit = time.time() + self.cfg.graceful_timeout
+        self.kill_workers(sig)
+        dirty = getattr(self, "dirty_arbiter_pid", 0)
+        if dirty:
+            self.kill_dirty_arbiter(sig)
+        quick = not graceful
+        while (self.WORKERS or self.preloaders or getattr(self, "dirty_arbiter_pid", 0)) and time.time() < limit:
+            if not quick and self._quick_shutdown_requested():
+                quick = True
+                self.log.info("Quick shutdown requested")
+                self.kill_workers(signal.SIGQUIT)
+                limit = time.time() + 2.0
+            self._chld = True
+            self._wait(0.1)
+        self.kill_workers(signal.SIGKILL)
+        for pid in list(self.preloaders):
+            self._kill(pid, signal.SIGKILL)
+        if getattr(self, "dirty_arbiter_pid", 0):
+            self.kill_dirty_arbiter(signal.SIGKILL)
+        self._sweep_orphans(signal.SIGKILL)
+        deadline = time.time() + 1.0
+        while (self.WORKERS or self.preloaders) and time.time() < deadline:
+            self._chld = True
+            self._wait(0.05)
+        self._chld = True
+        self._wait(0.0)
+
+    def _quick_shutdown_requested(self) -> bool:
+        if _QUEUE_LOOP:
+            return any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in self._drain_signal_queue())
+        found = any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in self.SIG_QUEUE)
+        return found
+
+
+def default_app_name(app: Any) -> str:
+    """The one-app form's name: the module of ``APP_MODULE`` (``example_app.wsgi``)."""
+    uri = getattr(app, "app_uri", None)
+    if isinstance(uri, str) and uri:
+        return uri.split(":", 1)[0]
+    return "default"

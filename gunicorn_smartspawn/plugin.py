@@ -1,0 +1,67 @@
+"""Glue between stock gunicorn and the plugin, called by the startup hook.
+
+``on_gunicorn_module`` runs right after ``gunicorn.config`` and after
+``gunicorn.app.base`` finished importing:
+
+* ``gunicorn.config``: import :mod:`gunicorn_smartspawn.settings`, whose
+  ``Setting`` subclasses register themselves, before any ``Config`` exists.
+* ``gunicorn.app.base``: replace the module's ``Arbiter`` name, which
+  ``BaseApplication.run()`` calls, with :func:`select_arbiter`. It returns
+  gunicorn's own ``Arbiter`` unless the worker class is ours, so a gunicorn
+  run without ``-k smartspawn.Worker`` is untouched.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+_state: dict[str, Any] = {"stock_arbiter": None, "settings": False}
+
+
+def on_gunicorn_module(name: str, module: ModuleType) -> None:
+    if name == "gunicorn.config":
+        from gunicorn_smartspawn import settings  # noqa: F401  (registers the settings)
+
+        _state["settings"] = True
+    elif name == "gunicorn.app.base":
+        current = getattr(module, "Arbiter", None)
+        if current is None or current is select_arbiter:
+            return
+        _state["stock_arbiter"] = current
+        module.Arbiter = select_arbiter
+
+
+def installed() -> bool:
+    """True once the settings are registered and the arbiter selector is in place."""
+    return bool(_state["settings"]) and _state["stock_arbiter"] is not None
+
+
+def uses_smartspawn(worker_class: Any) -> bool:
+    """Is ``worker_class`` (a setting value: class or dotted string) our worker?"""
+    if isinstance(worker_class, str):
+        module = worker_class.rsplit(".", 1)[0] if "." in worker_class else ""
+        if module in ("smartspawn", "gunicorn_smartspawn") or module.startswith(
+            "gunicorn_smartspawn."
+        ):
+            return True
+        if module.startswith("gunicorn.") or "." not in worker_class:
+            return False  # gunicorn's own classes and its short names (sync, gthread, ...)
+        try:
+            from gunicorn import util
+
+            worker_class = util.load_class(worker_class)
+        except Exception:
+            return False  # gunicorn reports the bad class itself, moments later
+    from gunicorn_smartspawn.worker import Worker
+
+    return isinstance(worker_class, type) and issubclass(worker_class, Worker)
+
+
+def select_arbiter(app: Any) -> Any:
+    """Build the arbiter for ``app``: ours for ``-k smartspawn.Worker``, else gunicorn's."""
+    if uses_smartspawn(app.cfg.settings["worker_class"].get()):
+        from gunicorn_smartspawn.arbiter import SmartArbiter
+
+        return SmartArbiter(app)
+    return _state["stock_arbiter"](app)

@@ -1,0 +1,158 @@
+"""The plugin's settings, as gunicorn ``Setting`` subclasses.
+
+Importing this module registers them with gunicorn (gunicorn's setting
+metaclass appends every subclass to its list of known settings), so it must be
+imported after ``gunicorn.config`` and before gunicorn builds its ``Config``:
+the startup hook (``_gunicorn_smartspawn_hook``) does exactly that. From then
+on they behave like gunicorn's own: command-line flags listed in
+``gunicorn --help``, keys in ``gunicorn.conf.py``, ``GUNICORN_CMD_ARGS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Final
+
+from gunicorn.config import Setting
+
+from gunicorn_smartspawn.errors import ConfigError
+
+SECTION: Final = "Smart Spawning"
+SPAWN_METHODS: Final = ("smart", "direct")
+
+
+def validate_spawn_method(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in SPAWN_METHODS:
+        return value.strip().lower()
+    raise ConfigError(
+        f"spawn_method={value!r} is not a spawn method: expected 'smart' "
+        "(fork workers from a preloader) or 'direct' (each worker imports the app)"
+    )
+
+
+def validate_idle_timeout(value: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = int(value, 0) if isinstance(value, str) else int(value)
+        if seconds != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        seconds = -1
+    if seconds < 0:
+        raise ConfigError(
+            f"preloader_idle_timeout={value!r} is not valid: expected a whole number "
+            "of seconds >= 0 (0 keeps the preloader forever)"
+        )
+    return seconds
+
+
+def validate_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ConfigError(f"{name}={value!r} is not valid: expected True or False")
+
+
+def validate_gc_freeze(value: Any) -> bool:
+    return validate_bool("gc_freeze", value)
+
+
+class _ChoiceOption:
+    """Mixin: a setting whose command-line flag only takes one of ``choices``."""
+
+    choices: tuple[str, ...] = ()
+    cli: list[str]
+    name: str
+    meta: str
+    short: str
+    default: object
+
+    def add_option(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            *self.cli,
+            dest=self.name,
+            choices=self.choices,
+            default=None,
+            metavar=self.meta,
+            help=f"{self.short} [{self.default}]".replace("%", "%%"),
+        )
+
+
+class _FlagPairOption:
+    """Mixin: a boolean with ``--name`` and ``--no-name`` flags."""
+
+    cli: list[str]
+    name: str
+    short: str
+    default: object
+
+    def add_option(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            *self.cli,
+            dest=self.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{self.short} [{self.default}]".replace("%", "%%"),
+        )
+
+
+class SpawnMethod(_ChoiceOption, Setting):  # type: ignore[misc]
+    name = "spawn_method"
+    section = SECTION
+    cli = ["--spawn-method"]
+    meta = "{smart,direct}"
+    choices = SPAWN_METHODS
+    validator = validate_spawn_method
+    default = "smart"
+    desc = """\
+        How workers get the application: 'smart' forks them from a preloader.
+
+        ``smart`` (the default) starts one preloader process per app that
+        imports the application once and then forks workers from itself when
+        the master asks: a new worker starts in milliseconds and shares the
+        application's memory copy-on-write. ``direct`` makes each worker
+        import the application itself, as gunicorn does without ``--preload``.
+        Takes effect only with ``-k smartspawn.Worker``. Smart spawning needs
+        Linux; see docs/architecture.md.
+        """
+
+
+class PreloaderIdleTimeout(Setting):  # type: ignore[misc]
+    name = "preloader_idle_timeout"
+    section = SECTION
+    cli = ["--preloader-idle-timeout"]
+    meta = "SECONDS"
+    type = int
+    validator = validate_idle_timeout
+    default = 300
+    desc = """\
+        Stop a preloader after this many seconds without a spawn request.
+
+        As Passenger's ``max_preloader_idle_time``: an idle preloader exits to
+        give its memory back, and a new one is started (the app is imported
+        again) the next time a worker must be spawned. Workers keep running
+        either way. ``0`` keeps the preloader for the life of the master.
+        """
+
+
+class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
+    name = "gc_freeze"
+    section = SECTION
+    cli = ["--gc-freeze"]
+    validator = validate_gc_freeze
+    default = True
+    desc = """\
+        Call gc.freeze() in the preloader so workers keep sharing its memory.
+
+        The preloader imports the application with the garbage collector
+        disabled, collects once, then moves every object into the permanent
+        generation before each fork; workers re-enable the collector. Without
+        this, the first full collection in each worker writes to every
+        object's header and copies most of the shared pages. ``--no-gc-freeze``
+        turns it off.
+        """
+
+
+PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze")

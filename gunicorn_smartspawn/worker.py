@@ -1,0 +1,118 @@
+"""The worker class users name with ``-k smartspawn.Worker``.
+
+It wraps gunicorn's own workers: the sync worker, or the threaded worker when
+``--threads`` is above 1. The wrapper adds only what smart spawning needs:
+the Passenger events at start and stop, and closing the master's private
+descriptors in a direct worker. The request path is gunicorn's, untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.workers.base import Worker as _GunicornWorker
+from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
+from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
+
+from gunicorn_smartspawn import events
+from gunicorn_smartspawn.errors import HookNotInstalled
+
+HOOK_HELP = (
+    "-k smartspawn.Worker needs gunicorn-smartspawn's startup hook, which did not run "
+    "(the file gunicorn_smartspawn.pth was not processed: a copy on PYTHONPATH instead of "
+    "an install, or python -S). Install the package into the environment that runs "
+    "gunicorn: pip install gunicorn-smartspawn (from a checkout: pip install .)"
+)
+
+
+@dataclass
+class SpawnContext:
+    """What the master knows about the next worker it builds (set just before)."""
+
+    app_name: str = "default"
+    forked: bool = False
+    private_fds: tuple[int, ...] = ()
+
+
+#: Set by the master right before it constructs a worker object.
+spawn_context = SpawnContext()
+
+
+class Worker(_GunicornWorker):  # type: ignore[misc]
+    """gunicorn-smartspawn's worker: gunicorn's sync or threaded worker, spawned smartly."""
+
+    app_name: str
+    forked: bool
+    private_fds: tuple[int, ...]
+    first_heartbeat_mark: float
+
+    def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
+        if cls is Worker:
+            cls = ThreadedWorker if cfg.threads > 1 else SyncWorker
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app_name = spawn_context.app_name
+        self.forked = spawn_context.forked
+        self.private_fds = spawn_context.private_fds
+        # WorkerTmp.notify() writes a monotonic clock reading over the file's
+        # creation time: any change from this mark is the first heartbeat.
+        self.first_heartbeat_mark = self.tmp.last_update()
+
+    @classmethod
+    def setup(cls) -> None:
+        from gunicorn_smartspawn import plugin
+
+        if not plugin.installed():
+            raise HookNotInstalled(HOOK_HELP)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        if cls is Worker:
+            (ThreadedWorker if cfg.threads > 1 else SyncWorker).check_config(cfg, log)
+            return
+        parent = super()
+        if hasattr(parent, "check_config"):
+            parent.check_config(cfg, log)
+
+    def has_heartbeat(self) -> bool:
+        """Has the worker entered its request loop (master side)?"""
+        try:
+            return bool(self.tmp.last_update() != self.first_heartbeat_mark)
+        except (OSError, ValueError):
+            return False
+
+    def init_process(self) -> None:
+        for fd in self.private_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.private_fds = ()
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        if not self.forked:
+            # direct spawning: the app registered its callbacks while this worker imported it
+            events.fire(events.STARTING_WORKER_PROCESS, False)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            try:
+                events.fire(events.STOPPING_WORKER_PROCESS)
+            except Exception:
+                self.log.exception("app=%s stopping_worker_process callback failed", self.app_name)
+
+
+class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker under smart spawning."""
+
+
+class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker under smart spawning (``--threads`` > 1)."""
