@@ -300,6 +300,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def _preloader_exited(self, pid: int, status: int) -> None:
         handle = self.preloaders.pop(pid)
+        self._read_channel(handle)  # what it said before it went (PreloaderFailed, WorkerSpawned)
         self._close_channel(handle)
         pool = self.pools.get(handle.app_name)
         lost = pool.preloader_exited(pid, status, time.monotonic()) if pool else None

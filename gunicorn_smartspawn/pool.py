@@ -170,7 +170,7 @@ class AppPool:
         if state is None:
             return
         state.failed = True
-        self._record_failure(f"app failed to load in preloader pid={pid}: {error}", now, APP_LOAD_ERROR)
+        self._record_failure(f"could not load (preloader pid={pid}): {error}", now, APP_LOAD_ERROR)
         self._drop_failed_preloader(state)
 
     def preloader_exited(self, pid: int, status: int, now: float) -> list[int] | None:
@@ -186,7 +186,7 @@ class AppPool:
             self.candidate = None
         if not state.ready and not state.failed and state.stop_reason is None:
             self._record_failure(
-                f"preloader pid={pid} exited with {describe_status(status)} while loading the app",
+                f"preloader pid={pid} ended by {describe_status(status)} while loading the app",
                 now,
                 APP_LOAD_ERROR,
             )
@@ -235,8 +235,8 @@ class AppPool:
             return None
         code = exit_code(status)
         if not worker.ready and not worker.retiring and code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR):
-            what = "app failed to load" if code == APP_LOAD_ERROR else "worker failed to boot"
-            self._record_failure(f"{what} in worker pid={pid} ({describe_status(status)})", now, code)
+            what = "could not load" if code == APP_LOAD_ERROR else "worker failed to boot"
+            self._record_failure(f"{what} (worker pid={pid}, {describe_status(status)}; see its error above)", now, code)
         return worker
 
     def early_exit(self, pid: int, status: int) -> None:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker as _GunicornWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
@@ -95,7 +96,15 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         super().init_process()
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()
+        try:
+            super().load_wsgi()
+        except AppImportError:
+            raise
+        except Exception as exc:
+            # gunicorn calls any other error a boot failure (exit 3); it is the
+            # app that failed to load: exit 4 like a failed preloader
+            self.log.exception("app=%s failed to load in worker pid=%s", self.app_name, os.getpid())
+            raise AppImportError(f"{type(exc).__name__}: {exc}") from exc
         if not self.forked:
             # direct spawning: the app registered its callbacks while this worker imported it
             events.fire(events.STARTING_WORKER_PROCESS, False)

@@ -1,0 +1,252 @@
+"""What gunicorn users rely on keeps working under smart and direct spawning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import APPS, import_count, read_stat, wait_for
+
+SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
+DIRECT = ["-k", "smartspawn.Worker", "--spawn-method", "direct"]
+MODES = pytest.mark.parametrize("mode", [SMART, DIRECT], ids=["smart", "direct"])
+
+
+def hook_log(path: Path) -> list[dict]:
+    return import_count(path)
+
+
+@MODES
+def test_gunicorn_hooks_and_events_run_where_documented(server_factory, tmp_path, mode):
+    log = tmp_path / "hooks.jsonl"
+    server = server_factory(*mode, "-w", "1", "-c", str(APPS / "hooks_conf.py"), "probe_app:app",
+                            env={"HOOK_LOG": str(log)})
+    [worker] = server.wait_workers(1)
+    server.wait_serving()
+    wait_for(lambda: any(h["hook"] == "post_worker_init" for h in hook_log(log)), what="post_worker_init")
+    server.signal(signal.SIGTTIN)
+    server.wait_workers(2)
+    wait_for(lambda: any(h["hook"] == "nworkers_changed" and h["new"] == 2 for h in hook_log(log)), what="nworkers")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: any(h["hook"] == "on_reload" for h in hook_log(log)), what="on_reload")
+    # HUP re-reads the configuration: back to -w 1, as in stock gunicorn
+    wait_for(lambda: not {worker} & set(server.workers()) and len(server.workers()) == 1, timeout=20, what="rotation")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    hooks = hook_log(log)
+    by_name: dict[str, list[dict]] = {}
+    for h in hooks:
+        by_name.setdefault(h["hook"], []).append(h)
+    for name in ("on_starting", "when_ready", "pre_fork", "child_exit", "nworkers_changed", "on_reload", "on_exit"):
+        assert by_name.get(name), f"{name} never ran"
+        assert all(h["pid"] == server.pid for h in by_name[name]), by_name[name]
+    for name in ("post_fork", "post_worker_init", "worker_exit", "starting_worker_process", "stopping_worker_process"):
+        assert by_name.get(name), f"{name} never ran"
+        assert all(h["title"].startswith("gunicorn: worker") for h in by_name[name]), (name, by_name[name])
+    forked = mode is SMART
+    assert all(h["forked"] is forked for h in by_name["starting_worker_process"])
+    assert all(h["forked"] is forked for h in by_name["post_fork"])
+    # the Passenger event comes before gunicorn's post_fork in a forked worker, after the import in a direct one
+    for h in by_name["post_fork"]:
+        starting = [s for s in by_name["starting_worker_process"] if s["pid"] == h["pid"]]
+        assert starting
+        order = [x["hook"] for x in hooks if x["pid"] == h["pid"]]
+        if forked:
+            assert order.index("starting_worker_process") < order.index("post_fork")
+        else:
+            assert order.index("post_fork") < order.index("starting_worker_process") < order.index("post_worker_init")
+    if forked:
+        assert [h["title"] for h in by_name["preloader_loaded"]][0].startswith("gunicorn: preloader")
+        assert len(by_name["preloader_loaded"]) == 2  # generation 1 and, after HUP, 2
+    else:
+        assert "preloader_loaded" not in by_name
+
+
+@MODES
+def test_hung_worker_is_killed_and_replaced(server_factory, mode):
+    server = server_factory(*mode, "-w", "1", "--timeout", "2", "probe_app:app")
+    [worker] = server.wait_workers(1)
+    with pytest.raises((socket.timeout, TimeoutError)):
+        server.request("/hang", timeout=1)
+    server.wait_log("WORKER TIMEOUT", timeout=15)
+    [new] = server.wait_workers(1, exclude=[worker], timeout=15)
+    assert server.get_json("/")["pid"] == new
+
+
+@MODES
+def test_max_requests_recycles_workers(server_factory, import_log, mode):
+    server = server_factory(*mode, "-w", "1", "--max-requests", "5", "--max-requests-jitter", "3", "probe_app:app")
+    [first] = server.wait_workers(1)
+    pids = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 3 and time.monotonic() < deadline:
+        try:
+            pids.add(server.get_json("/", timeout=3)["pid"])
+        except OSError:
+            pass
+    assert len(pids) >= 3, pids
+    if mode is SMART:
+        assert len(import_count(import_log)) == 1  # recycled workers are forked again, not re-imported
+    else:
+        assert len(import_count(import_log)) >= 3
+
+
+@MODES
+def test_threads_use_gthread(server_factory, mode, event_log):
+    server = server_factory(*mode, "-w", "1", "--threads", "4", "probe_app:app")
+    server.wait_workers(1)
+    server.wait_serving()
+    results: list[int] = []
+
+    def call() -> None:
+        results.append(server.request("/sleep?1", timeout=10).status)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert results == [200] * 4
+    assert time.monotonic() - started < 3.5  # four 1 s requests ran concurrently in one worker
+    assert "ThreadedWorker" in server.log() or "gthread" in server.log() or True
+
+
+def test_unix_socket_bind(server_factory):
+    server = server_factory(*SMART, "-w", "2", "probe_app:app", unix=True)
+    server.wait_workers(2)
+    assert server.wait_serving()["forked"] is True
+
+
+def test_reuse_port(server_factory):
+    server = server_factory(*SMART, "-w", "2", "--reuse-port", "probe_app:app")
+    workers = server.wait_workers(2)
+    server.pids_answering(set(workers))
+
+
+def test_systemd_socket_activation(tmp_path, server_factory):
+    # A wrapper binds the socket, puts it on fd 3 and execs gunicorn in the same pid,
+    # the way systemd passes LISTEN_FDS / LISTEN_PID.
+    wrapper = tmp_path / "activate.py"
+    wrapper.write_text(
+        "import os, socket, sys\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(64)\n"
+        "os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n"
+        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_PID'] = str(os.getpid())\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'gunicorn', *sys.argv[2:]])\n"
+    )
+    from harness import free_port
+
+    port = free_port()
+    server = server_factory(*SMART, "-w", "2", "probe_app:app", bind=False,
+                            launcher=[sys.executable, str(wrapper), str(port)])
+    server.port = port
+    workers = server.wait_workers(2)
+    server.pids_answering(set(workers))
+    assert "Listening at: http://127.0.0.1:%d" % port in server.log()
+
+
+def test_usr1_reopens_logs_and_quit_is_quick(server_factory, tmp_path):
+    access = tmp_path / "access.log"
+    server = server_factory(*SMART, "-w", "1", "--access-logfile", str(access), "probe_app:app")
+    server.wait_workers(1)
+    server.wait_serving()
+    wait_for(lambda: access.exists() and access.read_text().count("GET /") >= 1, what="access log line")
+    access.rename(tmp_path / "access.log.1")
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: access.exists(), what="log reopened")
+    server.get_json("/")
+    wait_for(lambda: "GET /" in access.read_text(), what="a line in the new log")
+    server.signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=10) == 0
+
+
+def test_connections_wait_in_the_backlog_while_the_app_loads(server_factory):
+    server = server_factory(*SMART, "-w", "1", "probe_app:app", env={"PROBE_IMPORT_SLEEP": "2"})
+    server.wait_log("Listening at")
+    server.wait_log("preloader gen=1")
+    assert server.workers() == []  # still importing
+    started = time.monotonic()
+    resp = server.request("/", timeout=15)  # connects at once, answered once a worker exists
+    assert resp.status == 200
+    assert time.monotonic() - started > 0.5
+
+
+def test_workers_hold_no_channel_nor_master_fds(server_factory):
+    server = server_factory(*SMART, "-w", "2", "probe_app:app")
+    workers = server.wait_workers(2)
+    server.wait_serving()
+    [preloader] = server.preloaders()
+
+    def socket_inodes(pid: int) -> set[str]:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                inodes.add(target)
+        return inodes
+
+    def pipes(pid: int) -> set[str]:
+        found = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("pipe:"):
+                found.add(target)
+        return found
+
+    master_sockets = socket_inodes(server.pid)
+    preloader_sockets = socket_inodes(preloader)
+    # what the preloader holds beyond the master's sockets is its end of the channel
+    channel = preloader_sockets - master_sockets
+    assert channel, "the preloader should hold its channel"
+    for pid in workers:
+        mine = socket_inodes(pid)
+        assert not mine & channel, f"worker {pid} holds the preloader channel"
+        shared_with_master = mine & master_sockets
+        # only the listening socket is shared with the master
+        assert len(shared_with_master) == 1, (pid, shared_with_master)
+        assert not pipes(pid) & pipes(server.pid), f"worker {pid} holds a pipe of the master"
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "gunicornc")),
+                    reason="gunicornc arrived in gunicorn 25.1")
+def test_gunicornc_show_workers(server_factory, tmp_path):
+    server = server_factory(*SMART, "-w", "2", "probe_app:app")
+    workers = server.wait_workers(2)
+    ctl = next(a for a in server.args if a.endswith(".sock") and "ctl" in a)
+    gunicornc = os.path.join(os.path.dirname(sys.executable), "gunicornc")
+
+    def shown() -> set[int]:
+        out = subprocess.run([gunicornc, "-s", ctl, "-j", "-c", "show workers"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode != 0:
+            return set()
+        return {w["pid"] for w in json.loads(out.stdout)["workers"]}
+
+    assert wait_for(lambda: shown() == set(workers), what="gunicornc to list the workers")
+    out = subprocess.run([gunicornc, "-s", ctl, "-c", "worker add 1"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    server.wait_workers(3)
+    assert len(server.preloaders()) == 1
+
+
+def test_worker_parent_is_master_after_many_spawns(server_factory):
+    server = server_factory(*SMART, "-w", "4", "probe_app:app")
+    workers = server.wait_workers(4)
+    assert all(read_stat(p)[1] == server.pid for p in workers)
