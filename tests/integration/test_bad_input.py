@@ -1,0 +1,123 @@
+"""Bad input: one clear line naming the setting or app, and a documented exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import APPS, REPO, free_port, group_members
+
+
+def run_gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None, prelude: str = "",
+                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(REPO)])
+    full_env.update(env or {})
+    argv = ["gunicorn", "-b", f"127.0.0.1:{free_port()}", "--no-control-socket", *args]
+    if "control_socket_disable" not in __import__("gunicorn.config").config.Config().settings:
+        argv.remove("--no-control-socket")
+    code = prelude + f"import sys; sys.argv = {argv!r}\nfrom gunicorn.app.wsgiapp import run\nrun()\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=full_env, cwd=tmp_path, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            pass
+    assert not group_members(proc.pid), "processes left behind"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+SMART = ["-k", "smartspawn.Worker"]
+
+
+def test_unknown_spawn_method(tmp_path):
+    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", "fast", "probe_app:app")
+    assert result.returncode == 2
+    assert "argument --spawn-method: invalid choice: 'fast' (choose from 'smart', 'direct')" in result.stdout
+
+
+def test_unknown_spawn_method_in_config_file(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("spawn_method = 'fast'\n")
+    result = run_gunicorn(tmp_path, *SMART, "probe_app:app")
+    assert result.returncode == 1
+    assert "spawn_method='fast' is not a spawn method: expected 'smart'" in result.stdout
+
+
+def test_negative_idle_timeout(tmp_path):
+    result = run_gunicorn(tmp_path, *SMART, "--preloader-idle-timeout", "-5", "probe_app:app")
+    assert result.returncode == 1
+    assert "Error: preloader_idle_timeout=-5 is not valid: expected a whole number of seconds >= 0" in result.stdout
+
+
+def test_env_var_settings_are_read(tmp_path):
+    result = run_gunicorn(tmp_path, *SMART, "probe_app:app", env={"GUNICORN_CMD_ARGS": "--spawn-method=bogus"})
+    assert result.returncode == 2
+    assert "invalid choice: 'bogus'" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["smart", "direct"])
+def test_missing_module_exits_with_app_load_error(tmp_path, method):
+    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", method, "no_such_module:app")
+    assert result.returncode == 4, result.stdout
+    assert "Reason: app no_such_module: could not load" in result.stdout
+    if method == "smart":
+        assert "ModuleNotFoundError: No module named 'no_such_module'" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("method", ["smart", "direct"])
+def test_app_raising_at_import_exits_with_app_load_error(tmp_path, method):
+    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", method, "probe_app:app",
+                          env={"PROBE_FAIL_IMPORT": "1"})
+    assert result.returncode == 4, result.stdout
+    assert "probe_app refuses to import" in result.stdout
+
+
+def test_missing_attribute(tmp_path):
+    result = run_gunicorn(tmp_path, *SMART, "probe_app:nothing_here")
+    assert result.returncode == 4
+    assert "Failed to find attribute 'nothing_here' in 'probe_app'" in result.stdout.splitlines()[-1]
+
+
+def test_preload_with_direct_is_refused(tmp_path):
+    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", "direct", "--preload", "probe_app:app")
+    assert result.returncode == 1
+    assert "preload_app=True (--preload) conflicts with spawn_method='direct'" in result.stdout
+
+
+def test_preloader_dying_while_starting(tmp_path):
+    # the app kills its own process during import: the preloader dies without a word
+    app = tmp_path / "suicidal.py"
+    app.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\napp = None\n")
+    result = run_gunicorn(tmp_path, *SMART, "--pythonpath", str(tmp_path), "suicidal:app")
+    assert result.returncode == 4
+    assert "ended by signal SIGKILL while loading the app" in result.stdout.splitlines()[-1]
+
+
+def test_without_the_startup_hook_the_worker_class_says_how_to_fix(tmp_path):
+    prelude = "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != '_Finder']\n"
+    result = run_gunicorn(tmp_path, *SMART, "probe_app:app", prelude=prelude)
+    assert result.returncode == 1
+    assert "needs gunicorn-smartspawn's startup hook" in result.stdout
+    assert "pip install gunicorn-smartspawn" in result.stdout
+
+
+def test_stock_worker_gets_the_stock_arbiter(tmp_path):
+    code = (
+        "import gunicorn.app.base as b, gunicorn.arbiter as a\n"
+        "from gunicorn_smartspawn import plugin\n"
+        "from gunicorn.app.wsgiapp import WSGIApplication\n"
+        "import sys; sys.argv = ['gunicorn', 'probe_app:app']\n"
+        "arb = b.Arbiter(WSGIApplication())\n"
+        "print(type(arb) is a.Arbiter)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(APPS))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=30)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr
