@@ -99,6 +99,13 @@ class AppSpec:
 class SmartArbiter(Arbiter):  # type: ignore[misc]
     """gunicorn's arbiter with per-app pools, smart (preloader) or direct spawning."""
 
+    # attributes of gunicorn's Arbiter that this class reads and writes
+    LISTENERS: list[Any]
+    WORKERS: dict[int, Any]
+    reexec_pid: int
+    pidfile: Any
+    _last_logged_active_worker_count: int | None
+
     def __init__(self, app: Any) -> None:
         self.pools: dict[str, poolmod.AppPool] = {}
         self.specs: dict[str, AppSpec] = {}
@@ -204,7 +211,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
     def _drain_signal_queue(self) -> list[int]:
         import queue
 
-        signals = []
+        signals: list[int] = []
         while True:
             try:
                 sig = self.SIG_QUEUE.get_nowait()
@@ -259,7 +266,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                 return
             if pid == self.reexec_pid:
                 self.reexec_pid = 0
-            elif pid == getattr(self, "dirty_arbiter_pid", 0):
+            elif pid == self._dirty_pid():
                 self.handle_dirty_arbiter_exit(pid, status)
             elif pid in self.preloaders:
                 self._preloader_exited(pid, status)
@@ -318,7 +325,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self._sweep_at = time.monotonic() + 1.0
 
     def _sweep_orphans(self, sig: int = signal.SIGTERM) -> None:
-        known = set(self.WORKERS) | set(self.preloaders) | {self.reexec_pid, getattr(self, "dirty_arbiter_pid", 0)}
+        known = set(self.WORKERS) | set(self.preloaders) | {self.reexec_pid, self._dirty_pid()}
         for pid in child_pids(self.pid):
             if pid not in known:
                 self.log.warning("Stopping unregistered child pid=%s (its preloader died mid-spawn)", pid)
@@ -367,6 +374,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                     worker.tmp.close()
                 self.log.error("app=%s spawn of worker age=%d failed: %s", handle.app_name, message.age, message.error)
                 pool.spawn_failed(message.age, message.error, now)
+        if handle.stopping and handle.channel is not None:
+            self._finish_stop(handle)
 
     def _worker_spawned(self, pool: poolmod.AppPool, handle: PreloaderHandle, message: WorkerSpawned, now: float) -> None:
         worker = self._pending_workers.pop(message.age, None)
@@ -501,11 +510,21 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             return
         self.log.info("app=%s preloader gen=%d pid=%d stopping: %s", handle.app_name, handle.generation, pid, reason)
         handle.stopping = True
-        self._close_channel(handle)  # EOF: it exits between spawns
         pool = self.pools.get(handle.app_name)
         state = pool.retiring_preloaders.get(pid) if pool else None
         if state is not None and not state.ready:
+            self._close_channel(handle)
             self._kill(pid, signal.SIGTERM)  # still importing: nothing to lose
+        else:
+            self._finish_stop(handle)
+
+    def _finish_stop(self, handle: PreloaderHandle) -> None:
+        """Close a stopping preloader's channel once it has reported every spawn
+        it was asked for; the EOF makes it exit between spawns."""
+        pool = self.pools.get(handle.app_name)
+        if pool is not None and any(p.preloader_pid == handle.pid for p in pool.pending.values()):
+            return
+        self._close_channel(handle)
 
     def _request_spawn(self, pool: poolmod.AppPool, handle: PreloaderHandle, now: float) -> None:
         assert handle.channel is not None
@@ -612,11 +631,11 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         limit = time.time() + self.cfg.graceful_timeout
         self.kill_workers(sig)
-        dirty = getattr(self, "dirty_arbiter_pid", 0)
+        dirty = self._dirty_pid()
         if dirty:
             self.kill_dirty_arbiter(sig)
         quick = not graceful
-        while (self.WORKERS or self.preloaders or getattr(self, "dirty_arbiter_pid", 0)) and time.time() < limit:
+        while (self.WORKERS or self.preloaders or self._dirty_pid()) and time.time() < limit:
             if not quick and self._quick_shutdown_requested():
                 quick = True
                 self.log.info("Quick shutdown requested")
@@ -627,7 +646,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self.kill_workers(signal.SIGKILL)
         for pid in list(self.preloaders):
             self._kill(pid, signal.SIGKILL)
-        if getattr(self, "dirty_arbiter_pid", 0):
+        if self._dirty_pid():
             self.kill_dirty_arbiter(signal.SIGKILL)
         self._sweep_orphans(signal.SIGKILL)
         deadline = time.time() + 1.0
@@ -636,6 +655,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self._wait(0.05)
         self._chld = True
         self._wait(0.0)
+
+    def _dirty_pid(self) -> int:
+        """The pid of gunicorn's dirty arbiter (25+), or 0."""
+        return int(getattr(self, "dirty_arbiter_pid", 0) or 0)
 
     def _quick_shutdown_requested(self) -> bool:
         if _QUEUE_LOOP:

@@ -29,7 +29,7 @@ def on_gunicorn_module(name: str, module: ModuleType) -> None:
         if current is None or current is select_arbiter:
             return
         _state["stock_arbiter"] = current
-        module.Arbiter = select_arbiter
+        setattr(module, "Arbiter", select_arbiter)
 
 
 def installed() -> bool:

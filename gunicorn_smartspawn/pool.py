@@ -30,7 +30,7 @@ def backoff_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` failures in a row: 1, 2, 4, ... capped at 60."""
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1))
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)))
 
 
 # -- actions the master carries out ---------------------------------------------------

@@ -1,0 +1,137 @@
+"""The glue to stock gunicorn: which worker classes are ours, which arbiter runs."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gunicorn.app import base as app_base
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+from gunicorn_smartspawn import plugin
+from gunicorn_smartspawn.worker import Worker
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    ["smartspawn.Worker", "gunicorn_smartspawn.Worker", "gunicorn_smartspawn.worker.SyncWorker", "gunicorn_smartspawn.worker.Worker"],
+)
+def test_our_worker_names(worker_class: str) -> None:
+    assert plugin.uses_smartspawn(worker_class) is True
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        "sync",
+        "gthread",
+        "gevent",
+        "egg:gunicorn#sync",
+        "gunicorn.workers.sync.SyncWorker",
+        "gunicorn.workers.gthread.ThreadWorker",
+        "no_such_module_anywhere.Worker",
+        "smartspawnish.Worker",
+        "gunicorn_smartspawnx.Worker",
+    ],
+)
+def test_other_worker_names(worker_class: str) -> None:
+    assert plugin.uses_smartspawn(worker_class) is False
+
+
+def test_worker_class_objects() -> None:
+    class MyWorker(Worker):
+        pass
+
+    assert plugin.uses_smartspawn(Worker) is True
+    assert plugin.uses_smartspawn(MyWorker) is True
+    assert plugin.uses_smartspawn(SyncWorker) is False
+    assert plugin.uses_smartspawn(ThreadWorker) is False
+    assert plugin.uses_smartspawn(object) is False
+    assert plugin.uses_smartspawn(42) is False
+    assert plugin.uses_smartspawn(None) is False
+
+
+@pytest.fixture
+def third_party_workers(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module elsewhere that subclasses our worker, and one that subclasses gunicorn's."""
+    module = types.ModuleType("thirdparty_workers_for_test")
+
+    class Ours(Worker):
+        pass
+
+    class Theirs(SyncWorker):
+        pass
+
+    module.Ours = Ours  # type: ignore[attr-defined]
+    module.Theirs = Theirs  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, module.__name__, module)
+    return module.__name__
+
+
+def test_dotted_name_of_a_subclass_elsewhere(third_party_workers: str) -> None:
+    assert plugin.uses_smartspawn(f"{third_party_workers}.Ours") is True
+    assert plugin.uses_smartspawn(f"{third_party_workers}.Theirs") is False
+    assert plugin.uses_smartspawn(f"{third_party_workers}.Missing") is False
+
+
+# -- select_arbiter --------------------------------------------------------------------------
+
+
+class FakeApp:
+    """Just enough of a gunicorn application for an arbiter's constructor."""
+
+    def __init__(self, worker_class: str) -> None:
+        self.cfg = Config()
+        self.cfg.set("worker_class", worker_class)
+        self.app_uri = "example_app.wsgi:application"
+        self.loaded = False
+
+    def wsgi(self) -> Any:
+        self.loaded = True
+        raise AssertionError("the master must not import the application")
+
+    def reload(self) -> None: ...
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Arbiter.__init__ sets SERVER_SOFTWARE; monkeypatch restores the environment after
+    monkeypatch.setenv("SERVER_SOFTWARE", "pytest")
+    yield
+
+
+def test_the_hook_put_the_selector_in_place() -> None:
+    assert app_base.Arbiter is plugin.select_arbiter
+    assert plugin.installed()
+    assert plugin._state["stock_arbiter"] is Arbiter
+
+
+def test_hook_does_not_wrap_twice() -> None:
+    plugin.on_gunicorn_module("gunicorn.app.base", app_base)
+    assert app_base.Arbiter is plugin.select_arbiter
+    assert plugin._state["stock_arbiter"] is Arbiter
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gunicorn.workers.sync.SyncWorker"])
+def test_stock_worker_gets_the_stock_arbiter(worker_class: str, clean_environ: None) -> None:
+    app = FakeApp(worker_class)
+    arbiter = plugin.select_arbiter(app)
+    assert type(arbiter) is Arbiter
+    assert arbiter.app is app
+    assert not app.loaded
+
+
+def test_our_worker_gets_the_smart_arbiter(clean_environ: None) -> None:
+    from gunicorn_smartspawn.arbiter import SmartArbiter
+
+    app = FakeApp("smartspawn.Worker")
+    arbiter = plugin.select_arbiter(app)
+    assert type(arbiter) is SmartArbiter
+    assert isinstance(arbiter, Arbiter)
+    assert not app.loaded
+    assert list(arbiter.pools) == ["example_app.wsgi"]
