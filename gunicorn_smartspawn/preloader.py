@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
-from gunicorn_smartspawn import events
+from gunicorn_smartspawn import events, forksafety
 from gunicorn_smartspawn import worker as worker_module
 from gunicorn_smartspawn.errors import (
     APP_LOAD_ERROR,
@@ -99,6 +99,7 @@ class Preloader:
         self.log = arbiter.log
         self.cfg = arbiter.cfg
         self.decoder = FrameDecoder(COMMANDS)
+        self.fork_findings = forksafety.Findings()
 
     # -- process life -------------------------------------------------------------------
 
@@ -143,6 +144,13 @@ class Preloader:
             self._send(PreloaderFailed(error=error.splitlines()[0] if error else type(exc).__name__, traceback=tb))
             return False
         load_seconds = time.perf_counter() - started
+        self.fork_findings = forksafety.inspect_preloader(
+            self.log,
+            self.app_name,
+            self.generation,
+            self.cfg,
+            exclude_fds=[self.sock.fileno(), *(lnr.fileno() for lnr in self.listeners)],
+        )
         if self.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -228,6 +236,7 @@ class Preloader:
             time.sleep(0.0002)
         if self.gc_freeze:
             gc.enable()
+        forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
         code = run_forked_worker(self.arbiter, self.app, self.app_name, age, self.listeners, heartbeat_fd)
         _leave(code)
 

@@ -155,4 +155,64 @@ class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze")
+
+
+# -- fork safety -----------------------------------------------------------------------
+
+FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
+
+
+def validate_fork_safety(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in FORK_SAFETY_MODES:
+        return value.strip().lower()
+    raise ConfigError(
+        f"fork_safety={value!r} is not valid: expected 'warn' (log what workers inherit), "
+        "'fence' (also cut inherited connections in each worker) or 'off'"
+    )
+
+
+def validate_fork_safety_libraries(value: Any) -> bool:
+    return validate_bool("fork_safety_libraries", value)
+
+
+class ForkSafety(_ChoiceOption, Setting):  # type: ignore[misc]
+    name = "fork_safety"
+    section = SECTION
+    cli = ["--fork-safety"]
+    meta = "{warn,fence,off}"
+    choices = FORK_SAFETY_MODES
+    validator = validate_fork_safety
+    default = "warn"
+    desc = """\
+        What to do about connections and threads a preloader passes to its workers.
+
+        After a preloader imports the app it lists its connected sockets and
+        its threads other than the main one: every worker forked from it
+        inherits those sockets and loses those threads. ``warn`` (the
+        default) logs each finding once per preloader generation; ``fence``
+        also replaces each inherited connection in every forked worker with
+        one whose peer is closed, so a client library gets an ordinary
+        connection error and reconnects instead of interleaving bytes with
+        its sibling workers; ``off`` does neither. See docs/fork-safety.md.
+        """
+
+
+class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
+    name = "fork_safety_libraries"
+    section = SECTION
+    cli = ["--fork-safety-libraries"]
+    validator = validate_fork_safety_libraries
+    default = True
+    desc = """\
+        Reset known libraries' connections in each forked worker.
+
+        As Passenger does for ActiveRecord: in a worker forked from a
+        preloader, connections that Django, SQLAlchemy and the memcached and
+        redis clients opened in the preloader are dropped without touching
+        the preloader's copy, so each worker opens its own. Only libraries
+        the app imported are touched. ``--no-fork-safety-libraries`` turns
+        this off. See docs/fork-safety.md for exactly what is done.
+        """
+
+
+PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze", "fork_safety", "fork_safety_libraries")
