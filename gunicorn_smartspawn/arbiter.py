@@ -365,7 +365,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                     "app=%s preloader gen=%d pid=%d failed to load the app: %s",
                     handle.app_name, handle.generation, handle.pid, message.error,
                 )
-                pool.preloader_failed(handle.pid, message.error, now)
+                for age in pool.preloader_failed(handle.pid, message.error, now):
+                    worker = self._pending_workers.pop(age, None)
+                    if worker is not None:
+                        worker.tmp.close()
             elif isinstance(message, WorkerSpawned):
                 self._worker_spawned(pool, handle, message, now)
             elif isinstance(message, SpawnFailed):

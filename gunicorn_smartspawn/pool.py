@@ -165,13 +165,15 @@ class AppPool:
             self.generation = state.generation
             # spawn requests still queued at the old preloader serve the old generation
 
-    def preloader_failed(self, pid: int, error: str, now: float) -> None:
+    def preloader_failed(self, pid: int, error: str, now: float) -> list[int]:
+        """The app failed to load in ``pid``. Returns the ages of the spawn
+        requests that failed with it."""
         state = self._preloader(pid)
         if state is None:
-            return
+            return []
         state.failed = True
         self._record_failure(f"could not load (preloader pid={pid}): {error}", now, APP_LOAD_ERROR)
-        self._drop_failed_preloader(state)
+        return self._drop_failed_preloader(state)
 
     def preloader_exited(self, pid: int, status: int, now: float) -> list[int] | None:
         """Forget a reaped preloader. Returns the ages of spawn requests lost with
@@ -193,6 +195,7 @@ class AppPool:
         lost = [age for age, p in self.pending.items() if p.preloader_pid == pid]
         for age in lost:
             del self.pending[age]
+        self._forget_stale_exits()
         return lost
 
     def spawn_requested(self, age: int, preloader_pid: int, now: float) -> None:
@@ -210,10 +213,12 @@ class AppPool:
         status = self.early_exits.pop(pid, None)
         if status is not None:
             self.worker_exited(pid, status, now)
+        self._forget_stale_exits()
         return status
 
     def spawn_failed(self, age: int, error: str, now: float) -> None:
         self.pending.pop(age, None)
+        self._forget_stale_exits()
         self._record_failure(f"spawn of worker age={age} failed: {error}", now)
 
     def worker_started(self, pid: int, age: int, now: float) -> None:
@@ -337,15 +342,24 @@ class AppPool:
         self._to_stop.append(state)
         self.retiring_preloaders[state.pid] = state
 
-    def _drop_failed_preloader(self, state: PreloaderState) -> None:
+    def _drop_failed_preloader(self, state: PreloaderState) -> list[int]:
         # a failed preloader exits by itself; keep it known until it is reaped
         if state is self.preloader:
             self.preloader = None
         if state is self.candidate:
             self.candidate = None
         self.retiring_preloaders[state.pid] = state
-        for age in [a for a, p in self.pending.items() if p.preloader_pid == state.pid]:
+        lost = [a for a, p in self.pending.items() if p.preloader_pid == state.pid]
+        for age in lost:
             del self.pending[age]
+        self._forget_stale_exits()
+        return lost
+
+    def _forget_stale_exits(self) -> None:
+        # statuses kept for a WorkerSpawned that can no longer arrive: a later
+        # process with a reused pid must not inherit them
+        if not self.pending:
+            self.early_exits.clear()
 
     def _record_failure(self, error: str, now: float, boot_code: int | None = None) -> None:
         """Count a failure and back off. ``boot_code``: the exit status a

@@ -117,9 +117,11 @@ def encode(message: Message) -> bytes:
 def decode_body(data: bytes, allowed: dict[str, type[Any]] = _TYPES) -> Message:
     """The message in one frame's JSON bytes, checked field by field."""
     try:
-        body = json.loads(data.decode("utf-8"))
+        body = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("frame nests JSON too deeply") from None
     if not isinstance(body, dict):
         raise ProtocolError("frame is not a JSON object")
     name = body.pop("type", None)
@@ -136,7 +138,15 @@ def decode_body(data: bytes, allowed: dict[str, type[Any]] = _TYPES) -> Message:
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise ProtocolError(f"{name}.{key}={value!r} is not of type {expected[key].type}")
     message: Message = cls(**body)
+    for key in ("pid", "age"):
+        value = body.get(key)
+        if value is not None and value < (2 if key == "pid" else 1):
+            raise ProtocolError(f"{name}.{key}={value!r} is out of range")
     return message
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
 
 
 class FrameDecoder:

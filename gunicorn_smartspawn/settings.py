@@ -34,7 +34,7 @@ def validate_idle_timeout(value: Any) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
-        seconds = int(value, 0) if isinstance(value, str) else int(value)
+        seconds = int(value.strip()) if isinstance(value, str) else int(value)
         if seconds != value and not isinstance(value, str):
             raise ValueError
     except (TypeError, ValueError):
@@ -73,6 +73,7 @@ class _ChoiceOption:
         parser.add_argument(
             *self.cli,
             dest=self.name,
+            type=lambda value: value.strip().lower(),
             choices=self.choices,
             default=None,
             metavar=self.meta,

@@ -395,12 +395,6 @@ def test_preloader_failure_backs_off_exponentially_when_not_halting() -> None:
     assert m.tick(now + 0.1) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: preloader_failed drops the spawn requests queued at the failed preloader without "
-    "reporting them; preloader_exited then returns [] so the master never learns they are lost "
-    "(SmartArbiter keeps their Worker objects and WorkerTmp files in _pending_workers forever)",
-)
 def test_spawn_requests_at_a_preloader_that_failed_to_load_are_reported_lost() -> None:
     # e.g. a preloader restarted after an idle stop finds broken code on disk
     m, old, workers = booted_smart(target=2, idle_timeout=60.0)

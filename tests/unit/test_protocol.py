@@ -243,12 +243,6 @@ def test_non_object_is_a_protocol_error(data: bytes) -> None:
         decode_body(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_body lets RecursionError from json.loads escape for deeply nested JSON "
-    "(100 kB of '[' fits in a frame); SmartArbiter._read_channel catches only EOFError and "
-    "ProtocolError, so one such frame from a preloader crashes the master",
-)
 def test_deeply_nested_json_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         decode_body(b"[" * 100_000 + b"]" * 100_000)
@@ -435,9 +429,9 @@ def test_close_closes_descriptors_no_message_claimed(channels: tuple[Channel, Ch
     master, preloader = channels
     r, w = os.pipe()
     try:
-        frame_bytes = encode(PreloaderReady(pid=1, load_seconds=0.1))
+        frame_bytes = encode(PreloaderReady(pid=4242, load_seconds=0.1))
         socket.send_fds(preloader.sock, [frame_bytes], [r])  # a stray descriptor
-        assert master.receive() == [(PreloaderReady(pid=1, load_seconds=0.1), ())]
+        assert master.receive() == [(PreloaderReady(pid=4242, load_seconds=0.1), ())]
         before = set(os.listdir("/proc/self/fd"))
         master.close()
         after = set(os.listdir("/proc/self/fd"))
@@ -445,3 +439,19 @@ def test_close_closes_descriptors_no_message_claimed(channels: tuple[Channel, Ch
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"type":"WorkerSpawned","age":1,"pid":0,"fork_ms":1.0}',
+        b'{"type":"WorkerSpawned","age":1,"pid":-1,"fork_ms":1.0}',
+        b'{"type":"PreloaderReady","pid":1,"load_seconds":1.0}',
+        b'{"type":"SpawnWorker","age":0}',
+        b'{"type":"PreloaderReady","pid":42,"load_seconds":NaN}',
+    ],
+)
+def test_values_a_master_would_act_on_are_range_checked(frame):
+    # pid 0 or -1 given to kill() would signal a whole process group or every process
+    with pytest.raises(ProtocolError):
+        decode_body(frame)
