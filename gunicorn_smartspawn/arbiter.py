@@ -17,7 +17,6 @@ this module only carries out its actions.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import select
@@ -32,7 +31,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import events, pool as poolmod
+from gunicorn_smartspawn import events, linux, pool as poolmod
 from gunicorn_smartspawn import worker as worker_module
 from gunicorn_smartspawn.errors import PRELOADER_CRASHED, ProtocolError, describe_status, exit_code
 from gunicorn_smartspawn.preloader import Preloader
@@ -45,18 +44,8 @@ from gunicorn_smartspawn.protocol import (
     WorkerSpawned,
 )
 
-PR_SET_CHILD_SUBREAPER = 36
 #: gunicorn 23 waits with select() on a self-pipe; 25+ with a queue.
 _QUEUE_LOOP = hasattr(Arbiter, "wait_for_signals")
-
-
-def become_subreaper() -> bool:
-    """Make orphaned descendants children of this process (Linux >= 3.4)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 def child_pids(parent: int) -> list[int]:
@@ -172,7 +161,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
     # -- start, signals, the wait ------------------------------------------------------------
 
     def start(self) -> None:
-        if not become_subreaper() and self.cfg.spawn_method == "smart":
+        if not linux.become_subreaper() and self.cfg.spawn_method == "smart":
             raise RuntimeError("spawn_method='smart': prctl(PR_SET_CHILD_SUBREAPER) failed; use --spawn-method=direct")
         super().start()
         for spec in self.specs.values():

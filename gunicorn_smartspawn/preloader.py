@@ -18,7 +18,6 @@ module's code does so through ``os._exit``.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import gc
 import os
 import select
@@ -34,7 +33,7 @@ from typing import Any, NoReturn
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
-from gunicorn_smartspawn import events, forksafety
+from gunicorn_smartspawn import events, forksafety, linux
 from gunicorn_smartspawn import worker as worker_module
 from gunicorn_smartspawn.errors import (
     APP_LOAD_ERROR,
@@ -56,21 +55,11 @@ from gunicorn_smartspawn.protocol import (
     encode,
 )
 
-PR_SET_PDEATHSIG = 1
 #: How long a new worker waits for the master to become its parent.
 REPARENT_DEADLINE = 5.0
 _PID = struct.Struct("!q")
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
 _IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGTTIN", "SIGTTOU", "SIGWINCH")
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Have the kernel send ``sig`` when the parent dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 class Preloader:
@@ -100,6 +89,7 @@ class Preloader:
         self.cfg = arbiter.cfg
         self.decoder = FrameDecoder(COMMANDS)
         self.fork_findings = forksafety.Findings()
+        self.clone = linux.CloneParent() if self.cfg.smart_fork == "auto" else None
 
     # -- process life -------------------------------------------------------------------
 
@@ -117,7 +107,7 @@ class Preloader:
             _leave(PRELOADER_CRASHED)
 
     def _become_preloader(self) -> None:
-        set_parent_death_signal(signal.SIGTERM)
+        linux.set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != self.master_pid:  # the master died before the line above
             _leave(PRELOADER_EXIT_OK)
         for name in _IGNORED:
@@ -154,12 +144,30 @@ class Preloader:
         if self.gc_freeze:
             gc.collect()
             gc.freeze()
+        how = self._choose_fork()
         self.log.info(
-            "app=%s preloader gen=%d pid=%d loaded in %.2fs",
-            self.app_name, self.generation, os.getpid(), load_seconds,
+            "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s",
+            self.app_name, self.generation, os.getpid(), load_seconds, how,
         )
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6)))
         return True
+
+    def _choose_fork(self) -> str:
+        """Settle how workers are created; says which, for the log."""
+        if self.clone is None:
+            return "double fork (smart_fork=double-fork)"
+        if linux.os_thread_count() > 1:
+            # Native pools (OpenBLAS, for one) stop their threads in a
+            # pthread_atfork handler: one throwaway fork runs those handlers,
+            # and the pools start again only when next used, which a
+            # preloader never does.
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        if self.clone.usable():
+            return "clone(CLONE_PARENT)"
+        return f"double fork ({linux.os_thread_count()} OS threads in the preloader)"
 
     def _serve(self) -> None:
         while True:
@@ -188,8 +196,21 @@ class Preloader:
     def _spawn(self, age: int, heartbeat_fd: int) -> None:
         if self.gc_freeze:
             gc.freeze()  # objects created since the last fork join the shared image
-        read_end, write_end = os.pipe()
         started = time.perf_counter()
+        if self.clone is not None and self.clone.usable():
+            try:
+                pid = self.clone()
+            except OSError as exc:
+                os.close(heartbeat_fd)
+                self._send(SpawnFailed(age=age, error=str(exc)))
+                return
+            if pid == 0:
+                self._worker(age, heartbeat_fd)
+            os.close(heartbeat_fd)
+            fork_ms = (time.perf_counter() - started) * 1000.0
+            self._send(WorkerSpawned(age=age, pid=pid, fork_ms=round(fork_ms, 3)))
+            return
+        read_end, write_end = os.pipe()
         try:
             intermediate = os.fork()
         except OSError as exc:
@@ -230,7 +251,7 @@ class Preloader:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.sock.close()  # a worker never holds a channel to its preloader
         deadline = time.monotonic() + REPARENT_DEADLINE
-        while os.getppid() != self.master_pid:
+        while os.getppid() != self.master_pid:  # double fork: until the intermediate is gone
             if time.monotonic() > deadline or os.getppid() == 1:
                 os._exit(WORKER_REPARENT_TIMEOUT)
             time.sleep(0.0002)

@@ -158,6 +158,40 @@ class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
 
 
 
+
+SMART_FORKS: Final = ("auto", "double-fork")
+
+
+def validate_smart_fork(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in SMART_FORKS:
+        return value.strip().lower()
+    raise ConfigError(
+        f"smart_fork={value!r} is not valid: expected 'auto' (one clone when the preloader "
+        "is single-threaded) or 'double-fork' (always fork twice)"
+    )
+
+
+class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
+    name = "smart_fork"
+    section = SECTION
+    cli = ["--smart-fork"]
+    meta = "{auto,double-fork}"
+    choices = SMART_FORKS
+    validator = validate_smart_fork
+    default = "auto"
+    desc = """\
+        How a preloader creates a worker that the master owns.
+
+        ``auto`` (the default) creates the worker with one
+        ``clone(CLONE_PARENT)``, so it is born a child of the master and the
+        preloader's page tables are copied once; it is used when the
+        preloader runs a single OS thread on x86_64 or aarch64 Linux, and
+        ``double-fork`` is used otherwise. ``double-fork`` forks an
+        intermediate process that forks the worker and exits, so the
+        worker is re-parented to the master (a child subreaper): the
+        portable way, at the cost of a second copy of the page tables.
+        """
+
 # -- fork safety -----------------------------------------------------------------------
 
 FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
@@ -216,4 +250,4 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze", "fork_safety", "fork_safety_libraries")
+PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")

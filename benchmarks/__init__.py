@@ -1,0 +1,1 @@
+"""Benchmarks for gunicorn-smartspawn (not part of the installed package)."""

@@ -1,0 +1,95 @@
+import os
+import time
+
+from django.db.models import Avg, Count
+from django.http import JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+
+from . import analytics
+from .models import Category, Product
+
+
+def index(request):
+    categories = Category.objects.annotate(n_products=Count("products")).order_by(
+        "name"
+    )
+    top = []
+    for idx, revenue in analytics.top_products(5):
+        top.append({"sku": analytics.sku_for(idx), "revenue": revenue})
+    names = dict(
+        Product.objects.filter(sku__in=[t["sku"] for t in top]).values_list(
+            "sku", "name"
+        )
+    )
+    for t in top:
+        t["name"] = names.get(t["sku"], t["sku"])
+    context = {
+        "categories": categories,
+        "top_products": top,
+        "regions": sorted(analytics.revenue_by_region().items()),
+        "n_orders": len(analytics.orders),
+        "n_customers": len(analytics.customer_lookup),
+        "pid": os.getpid(),
+    }
+    return render(request, "catalog/index.html", context)
+
+
+def product_detail(request, sku):
+    product = get_object_or_404(Product.objects.select_related("category"), sku=sku)
+    reviews = product.reviews.all()[:10]
+    rating = product.reviews.aggregate(avg=Avg("rating"), n=Count("id"))
+    index = int(sku.rsplit("-", 1)[-1])
+    context = {
+        "product": product,
+        "reviews": reviews,
+        "rating": rating,
+        "stats": analytics.product_stats(index),
+        "percentile": analytics.price_percentile(product.price),
+        "pid": os.getpid(),
+    }
+    return render(request, "catalog/product.html", context)
+
+
+def stats(request):
+    return JsonResponse(
+        {
+            "orders": len(analytics.orders),
+            "top_products": analytics.top_products(3),
+            "revenue_by_region": analytics.revenue_by_region(),
+        }
+    )
+
+
+def health(request):
+    """Cheap liveness check; reports which process answered."""
+    return JsonResponse({"status": "ok", "pid": os.getpid(), "ppid": os.getppid()})
+
+
+def hold(request):
+    """Benchmark helper: stream one line, then keep this request busy.
+
+    ``GET /_bench/hold?seconds=S`` (S <= 120, default 30) answers at once
+    with a first line ``{"pid": ...}`` and then sleeps S seconds before
+    finishing the response.  A one-request-at-a-time (sync) worker cannot
+    accept other connections meanwhile, which lets spawn_time.py make sure
+    a probe is answered by a newly spawned worker.
+    """
+    try:
+        seconds = min(float(request.GET.get("seconds", "30")), 120.0)
+    except ValueError:
+        seconds = 30.0
+    pid = os.getpid()
+
+    def body():
+        yield ('{"pid": %d}\n' % pid).encode("ascii")
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.5))
+        yield b"done\n"
+
+    response = StreamingHttpResponse(body(), content_type="text/plain")
+    response["X-Worker-Pid"] = str(pid)
+    return response

@@ -1,0 +1,15 @@
+"""URL configuration of heavy_app."""
+
+from django.urls import path
+
+from .catalog import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("products/<str:sku>/", views.product_detail, name="product-detail"),
+    path("api/stats/", views.stats, name="stats"),
+    path("health", views.health, name="health"),
+    path("health/", views.health),
+    # Benchmark helper: keeps a (sync) worker busy; see views.hold.
+    path("_bench/hold", views.hold, name="hold"),
+]

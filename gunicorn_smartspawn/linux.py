@@ -1,0 +1,101 @@
+"""The few Linux calls Python does not wrap: prctl and clone(CLONE_PARENT).
+
+All of them go through ctypes on the running process's own C library; each
+answers False/None where it cannot act, and the caller picks the portable
+path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from typing import Final
+
+PR_SET_PDEATHSIG: Final = 1
+PR_SET_CHILD_SUBREAPER: Final = 36
+CLONE_PARENT: Final = 0x00008000
+#: clone's syscall number where its first argument is the flags and the rest may be 0.
+_SYS_CLONE: Final = {"x86_64": 56, "aarch64": 220}
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def prctl(option: int, value: int) -> bool:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return False
+    return bool(libc.prctl(option, value, 0, 0, 0) == 0)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants children of this process (Linux >= 3.4)."""
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies."""
+    return prctl(PR_SET_PDEATHSIG, sig)
+
+
+def os_thread_count() -> int:
+    """Threads of this process as the kernel sees them (native ones included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+class CloneParent:
+    """``clone(CLONE_PARENT | SIGCHLD)`` wrapped like ``os.fork()``.
+
+    The child is born a sibling of the caller: a child of the caller's
+    parent, which receives its SIGCHLD and reaps it. CPython's own fork
+    bookkeeping runs around it (``PyOS_BeforeFork`` and the
+    ``PyOS_AfterFork_*`` pair, which also run ``os.register_at_fork``
+    callbacks), and the GIL stays held across the call, as in ``os.fork``.
+
+    What it skips is the C library's fork handling: ``pthread_atfork``
+    handlers, and the child's cached thread id. Both only matter to a
+    process with more than one thread, so :meth:`usable` demands exactly one
+    OS thread, and callers check it before every use.
+    """
+
+    def __init__(self) -> None:
+        self._syscall = None
+        number = _SYS_CLONE.get(os.uname().machine)
+        if number is None or not hasattr(ctypes, "pythonapi"):
+            return
+        try:
+            api = ctypes.PyDLL(None)  # keeps the GIL held during the call
+            syscall = api.syscall
+            ctypes.pythonapi.PyOS_BeforeFork  # noqa: B018  (present in CPython >= 3.7)
+        except (OSError, AttributeError):
+            return
+        syscall.restype = ctypes.c_long
+        syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong]
+        self._number = number
+        self._syscall = syscall
+
+    def usable(self) -> bool:
+        return self._syscall is not None and os_thread_count() == 1
+
+    def __call__(self) -> int:
+        """0 in the child, the child's pid in the caller; OSError on failure."""
+        assert self._syscall is not None
+        api = ctypes.pythonapi
+        api.PyOS_BeforeFork()
+        pid = int(self._syscall(self._number, CLONE_PARENT | signal.SIGCHLD, None, None, None, 0))
+        if pid == 0:
+            api.PyOS_AfterFork_Child()
+            return 0
+        err = ctypes.get_errno()
+        api.PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise OSError(err, f"clone(CLONE_PARENT) failed: {os.strerror(err)}")
+        return pid
