@@ -17,13 +17,11 @@ this module only carries out its actions.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from gunicorn import sock, util
@@ -31,61 +29,17 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_smartspawn import events, linux, pool as poolmod
-from gunicorn_smartspawn import worker as worker_module
-from gunicorn_smartspawn.errors import PRELOADER_CRASHED, ProtocolError, describe_status, exit_code
-from gunicorn_smartspawn.preloader import Preloader
-from gunicorn_smartspawn.protocol import (
-    Channel,
-    PreloaderFailed,
-    PreloaderReady,
-    SpawnFailed,
-    SpawnWorker,
-    WorkerSpawned,
-)
+from gunicorn_smartspawn import events, linux, listeners as listenersmod, pool as poolmod
+from gunicorn_smartspawn.apps import AppLoader, AppSpec, derive_config
+from gunicorn_smartspawn.errors import ProtocolError, describe_status, exit_code
+from gunicorn_smartspawn.spawning import PreloaderHandle, Spawning
+from gunicorn_smartspawn.protocol import PreloaderFailed, PreloaderReady, SpawnFailed, WorkerSpawned
 
 #: gunicorn 23 waits with select() on a self-pipe; 25+ with a queue.
 _QUEUE_LOOP = hasattr(Arbiter, "wait_for_signals")
 
 
-def child_pids(parent: int) -> list[int]:
-    """Pids whose parent is ``parent``, read from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields_after_name = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields_after_name) > 1 and int(fields_after_name[1]) == parent:
-            pids.append(int(entry))
-    return pids
-
-
-@dataclass
-class PreloaderHandle:
-    """The master's side of one running preloader."""
-
-    pid: int
-    app_name: str
-    generation: int
-    channel: Channel | None
-    stopping: bool = False
-
-
-@dataclass
-class AppSpec:
-    """What the master knows of one app: its gunicorn application object and listeners."""
-
-    name: str
-    app: Any
-    listeners: list[Any] = field(default_factory=list)
-
-
-class SmartArbiter(Arbiter):  # type: ignore[misc]
+class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
     """gunicorn's arbiter with per-app pools, smart (preloader) or direct spawning."""
 
     # attributes of gunicorn's Arbiter that this class reads and writes
@@ -105,20 +59,29 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self._chld = False
         self._sweep_at: float | None = None
         self._setup_notes: list[str] = []
+        self._retired_listeners: list[Any] = []
+        self.multi = False
         super().__init__(app)
 
     # -- configuration -------------------------------------------------------------------
 
     def setup(self, app: Any) -> None:
         cfg = app.cfg
-        method = cfg.spawn_method
-        if method == "smart" and not sys.platform.startswith("linux"):
+        apps = cfg.apps or {}
+        self.multi = bool(apps)
+        if self.multi and getattr(app, "app_uri", None):
+            raise RuntimeError(
+                f"both APP_MODULE ({app.app_uri}) and apps = {{...}} are given: name the app in one place "
+                "(an entry of apps, or APP_MODULE with --bind for a single app)"
+            )
+        methods = {e.overrides.get("spawn_method", cfg.spawn_method) for e in apps.values()} or {cfg.spawn_method}
+        if "smart" in methods and not sys.platform.startswith("linux"):
             raise RuntimeError(
                 f"spawn_method='smart' needs Linux (child subreaper, fork); this is {sys.platform}. "
                 "Use --spawn-method=direct"
             )
         if cfg.preload_app:
-            if method == "direct":
+            if "direct" in methods:
                 raise RuntimeError(
                     "preload_app=True (--preload) conflicts with spawn_method='direct': it would import "
                     "the app in the master. Use --spawn-method=smart to preload it in a preloader"
@@ -135,37 +98,76 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self._configure_pools()
 
     def _configure_pools(self) -> None:
-        name = default_app_name(self.app)
-        cfg = self.cfg
-        existing = self.pools.get(name)
-        if existing is None:
-            self.pools = {
-                name: poolmod.AppPool(
-                    name=name,
-                    spawn_method=cfg.spawn_method,
-                    target=self.num_workers,
-                    idle_timeout=float(cfg.preloader_idle_timeout),
-                    halt_on_boot_failure=True,
-                )
+        """(Re)build the app specs and pools from the configuration just read."""
+        if self.multi:
+            wanted = {
+                name: AppSpec(name=name, app=None, cfg=derive_config(self.cfg, entry), config=entry)
+                for name, entry in self.cfg.apps.items()
             }
+            for spec in wanted.values():
+                spec.app = AppLoader(spec.config, spec.cfg)  # type: ignore[arg-type]
         else:
-            if existing.spawn_method != cfg.spawn_method:
+            name = default_app_name(self.app)
+            wanted = {name: AppSpec(name=name, app=self.app, cfg=self.cfg)}
+        for name, gone in self.specs.items():
+            if name not in wanted:
+                gone.removed = True
+                self.pools[name].target = 0
+                self.log.info("app=%s removed from the configuration: stopping it", name)
+        cwd = util.getcwd()
+        for name, spec in wanted.items():
+            old: AppSpec | None = self.specs.get(name)
+            if old is not None and not old.removed:
+                if old.config is not None and spec.config is not None and old.config.binds != spec.config.binds:
+                    self.log.warning("app=%s bind changed from %s to %s: rebinding", name, old.config.binds, spec.config.binds)
+                    self._retired_listeners.extend(old.listeners)
+                else:
+                    spec.listeners = old.listeners
+                spec.restart_mtime = old.restart_mtime
+            spec.restart_path = spec.config.restart_path(cwd) if spec.config else os.path.join(cwd, "tmp", "restart.txt")
+            if old is None:
+                spec.restart_mtime = _mtime(spec.restart_path)
+            self.specs[name] = spec
+            pool = self.pools.get(name)
+            method = spec.cfg.spawn_method
+            target = self.num_workers if not self.multi else spec.cfg.workers
+            if pool is None or (old is not None and old.removed):
+                self.pools[name] = poolmod.AppPool(
+                    name=name,
+                    spawn_method=method,
+                    target=target,
+                    idle_timeout=float(spec.cfg.preloader_idle_timeout),
+                    halt_on_boot_failure=not self.multi,
+                )
+                continue
+            if pool.spawn_method != method:
                 self.log.warning(
                     "app=%s spawn_method change from %r to %r needs a restart; keeping %r",
-                    name, existing.spawn_method, cfg.spawn_method, existing.spawn_method,
+                    name, pool.spawn_method, method, pool.spawn_method,
                 )
-            existing.target = self.num_workers
-            existing.idle_timeout = float(cfg.preloader_idle_timeout)
-        self.specs[name] = AppSpec(name=name, app=self.app)
+            pool.target = target
+            pool.idle_timeout = float(spec.cfg.preloader_idle_timeout)
 
     # -- start, signals, the wait ------------------------------------------------------------
 
     def start(self) -> None:
-        if not linux.become_subreaper() and self.cfg.spawn_method == "smart":
+        if not linux.become_subreaper() and any(p.spawn_method == "smart" for p in self.pools.values()):
             raise RuntimeError("spawn_method='smart': prctl(PR_SET_CHILD_SUBREAPER) failed; use --spawn-method=direct")
+        if self.multi:
+            # bind every app's addresses before anything is imported; gunicorn's
+            # start() then finds LISTENERS set and binds nothing of its own
+            fds, self.systemd = listenersmod.inherited_fds()
+            listenersmod.bind_apps(self.specs.values(), self.cfg, self.log, fds)
+            self.LISTENERS = self._all_listeners()
+            for spec in self.specs.values():
+                self.log.info("app=%s listening at %s", spec.name, ",".join(str(lnr) for lnr in spec.listeners))
         super().start()
-        for spec in self.specs.values():
-            spec.listeners = list(self.LISTENERS)
+        if not self.multi:
+            for spec in self.specs.values():
+                spec.listeners = list(self.LISTENERS)
+
+    def _all_listeners(self) -> list[Any]:
+        return [lnr for spec in self.specs.values() for lnr in spec.listeners]
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -178,6 +180,12 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             util.close_on_exec(fd)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    def _master_private_fds(self) -> list[int]:
+        fds = [self._wake_r, self._wake_w]
+        if not _QUEUE_LOOP:
+            fds.extend(self.PIPE)
+        return fds
 
     def _on_sigchld(self, sig: int, frame: Any) -> None:
         self._chld = True  # the C-level handler already wrote to the wakeup fd
@@ -262,7 +270,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             elif pid in self.WORKERS:
                 self._worker_exited(pid, status)
             else:
-                now = time.monotonic()
                 for pool in self.pools.values():
                     pool.early_exit(pid, status)
                 self.log.debug("Reaped child pid=%s (%s), not a worker yet", pid, describe_status(status))
@@ -312,16 +319,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             # a worker forked just before the preloader died may be a child of ours
             # that nobody reported: look for it once it had time to be re-parented
             self._sweep_at = time.monotonic() + 1.0
-
-    def _sweep_orphans(self, sig: int = signal.SIGTERM) -> None:
-        known = set(self.WORKERS) | set(self.preloaders) | {self.reexec_pid, self._dirty_pid()}
-        for pid in child_pids(self.pid):
-            if pid not in known:
-                self.log.warning("Stopping unregistered child pid=%s (its preloader died mid-spawn)", pid)
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
 
     # -- the channel ----------------------------------------------------------------------------
 
@@ -392,11 +389,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             worker.tmp.close()
             self.cfg.child_exit(self, worker)
 
-    def _close_channel(self, handle: PreloaderHandle) -> None:
-        if handle.channel is not None:
-            handle.channel.close()
-            handle.channel = None
-
     # -- carrying out the pools' actions ---------------------------------------------------
 
     def manage_workers(self) -> None:
@@ -404,8 +396,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self._sweep_orphans()
-        for pool in self.pools.values():
-            pool.target = self.num_workers
+        self._check_restart_files(now)
+        for name, pool in list(self.pools.items()):
+            if not self.multi:
+                pool.target = self.num_workers
             for pid, state in list(pool.workers.items()):
                 if not state.ready:
                     worker = self.WORKERS.get(pid)
@@ -413,6 +407,11 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                         pool.worker_ready(pid)
             for action in pool.tick(now):
                 self._perform(pool, action, now)
+            if self.specs[name].removed:
+                self._drop_removed_app(name)
+        if self._retired_listeners and not self._old_generation_alive():
+            listenersmod.close(self._retired_listeners, unlink=False)
+            self._retired_listeners = []
         count = len(self.WORKERS)
         if self._last_logged_active_worker_count != count:
             self._last_logged_active_worker_count = count
@@ -420,6 +419,67 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                 "{0} workers".format(count),
                 extra={"metric": "gunicorn.workers", "value": count, "mtype": "gauge"},
             )
+
+    def _check_restart_files(self, now: float) -> None:
+        """Passenger's restart.txt: a new mtime restarts that app alone."""
+        for spec in self.specs.values():
+            if spec.restart_path is None or spec.removed:
+                continue
+            mtime = _mtime(spec.restart_path)
+            if mtime is not None and mtime != spec.restart_mtime:
+                self.log.info("app=%s %s touched: restarting the app", spec.name, spec.restart_path)
+                self.pools[spec.name].request_reload(now)
+            spec.restart_mtime = mtime
+
+    def _drop_removed_app(self, name: str) -> None:
+        pool = self.pools[name]
+        for pid in pool.preloader_pids():
+            if pid in self.preloaders and not self.preloaders[pid].stopping:
+                self._stop_preloader(pid, "app removed")
+        if pool.workers or pool.pending or pool.preloader_pids():
+            return
+        spec = self.specs.pop(name)
+        del self.pools[name]
+        listenersmod.close(spec.listeners, unlink=True)
+        self.LISTENERS = self._all_listeners() if self.multi else self.LISTENERS
+        self.log.info("app=%s stopped and removed", name)
+
+    def _old_generation_alive(self) -> bool:
+        return any(w.generation < p.generation for p in self.pools.values() for w in p.workers.values())
+
+    def murder_workers(self) -> None:
+        """gunicorn's heartbeat check, with each app's own timeout."""
+        for pid, worker in list(self.WORKERS.items()):
+            timeout = worker.cfg.timeout
+            if not timeout:
+                continue
+            try:
+                if time.monotonic() - worker.tmp.last_update() <= timeout:
+                    continue
+            except (OSError, ValueError):
+                continue
+            if not worker.aborted:
+                self.log.critical("WORKER TIMEOUT (pid:%s)", pid)
+                worker.aborted = True
+                self.kill_worker(pid, signal.SIGABRT)
+            else:
+                self.kill_worker(pid, signal.SIGKILL)
+
+    def handle_ttin(self) -> None:
+        if not self.multi:
+            super().handle_ttin()
+            return
+        for pool in self.pools.values():  # one more worker for every app
+            pool.target += 1
+        self.manage_workers()
+
+    def handle_ttou(self) -> None:
+        if not self.multi:
+            super().handle_ttou()
+            return
+        for pool in self.pools.values():  # one fewer for every app, never below one
+            pool.target = max(1, pool.target - 1)
+        self.manage_workers()
 
     def _perform(self, pool: poolmod.AppPool, action: poolmod.Action, now: float) -> None:
         if isinstance(action, poolmod.SpawnFromPreloader):
@@ -445,132 +505,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         elif isinstance(action, poolmod.Halt):
             raise HaltServer(action.reason, action.exit_status)
 
-    def _private_fds(self) -> list[int]:
-        """Descriptors of the master's that no child may keep."""
-        fds = [self._wake_r, self._wake_w]
-        if not _QUEUE_LOOP:
-            fds.extend(self.PIPE)
-        fds.extend(h.channel.fileno() for h in self.preloaders.values() if h.channel is not None)
-        return [fd for fd in fds if fd >= 0]
-
-    def _start_preloader(self, pool: poolmod.AppPool, generation: int, now: float) -> PreloaderHandle | None:
-        spec = self.specs[pool.name]
-        channel, preloader_end = Channel.pair()
-        private = self._private_fds() + [channel.fileno()]
-        sibling_tmps = [w.tmp for w in [*self.WORKERS.values(), *self._pending_workers.values()]]
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            channel.close()
-            preloader_end.close()
-            self.log.error("app=%s could not fork a preloader: %s", pool.name, exc)
-            pool.preloader_started(-1, generation, now)
-            pool.preloader_exited(-1, 1 << 8, now)
-            return None
-        if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                for fd in private:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-                for tmp in sibling_tmps:
-                    tmp.close()
-                Preloader(
-                    arbiter=self,
-                    app=spec.app,
-                    app_name=pool.name,
-                    generation=generation,
-                    listeners=spec.listeners,
-                    sock=preloader_end,
-                    master_pid=self.pid,
-                    gc_freeze=bool(self.cfg.gc_freeze),
-                ).run()
-            finally:
-                os._exit(PRELOADER_CRASHED)
-        preloader_end.close()
-        handle = PreloaderHandle(pid=pid, app_name=pool.name, generation=generation, channel=channel)
-        self.preloaders[pid] = handle
-        pool.preloader_started(pid, generation, now)
-        self.log.info("app=%s preloader gen=%d pid=%d started", pool.name, generation, pid)
-        return handle
-
-    def _stop_preloader(self, pid: int, reason: str) -> None:
-        handle = self.preloaders.get(pid)
-        if handle is None:
-            return
-        self.log.info("app=%s preloader gen=%d pid=%d stopping: %s", handle.app_name, handle.generation, pid, reason)
-        handle.stopping = True
-        pool = self.pools.get(handle.app_name)
-        state = pool.retiring_preloaders.get(pid) if pool else None
-        if state is not None and not state.ready:
-            self._close_channel(handle)
-            self._kill(pid, signal.SIGTERM)  # still importing: nothing to lose
-        else:
-            self._finish_stop(handle)
-
-    def _finish_stop(self, handle: PreloaderHandle) -> None:
-        """Close a stopping preloader's channel once it has reported every spawn
-        it was asked for; the EOF makes it exit between spawns."""
-        pool = self.pools.get(handle.app_name)
-        if pool is not None and any(p.preloader_pid == handle.pid for p in pool.pending.values()):
-            return
-        self._close_channel(handle)
-
-    def _request_spawn(self, pool: poolmod.AppPool, handle: PreloaderHandle, now: float) -> None:
-        assert handle.channel is not None
-        spec = self.specs[pool.name]
-        self.worker_age += 1
-        worker_module.spawn_context = worker_module.SpawnContext(app_name=pool.name, forked=True)
-        worker = self.worker_class(
-            self.worker_age, self.pid, spec.listeners, spec.app, self.timeout / 2.0, self.cfg, self.log
-        )
-        self.cfg.pre_fork(self, worker)
-        try:
-            handle.channel.send(SpawnWorker(age=worker.age), [worker.tmp.fileno()])
-        except OSError as exc:
-            worker.tmp.close()
-            self.log.error("app=%s preloader pid=%d unreachable (%s); stopping it", pool.name, handle.pid, exc)
-            self._close_channel(handle)
-            self._kill(handle.pid, signal.SIGKILL)
-            return
-        self._pending_workers[worker.age] = worker
-        pool.spawn_requested(worker.age, handle.pid, now)
-
-    def _spawn_direct(self, pool: poolmod.AppPool, now: float) -> None:
-        spec = self.specs[pool.name]
-        worker_module.spawn_context = worker_module.SpawnContext(
-            app_name=pool.name, forked=False, private_fds=tuple(self._private_fds())
-        )
-        listeners, self.LISTENERS = self.LISTENERS, spec.listeners
-        try:
-            pid = super().spawn_worker()  # the child never returns from here
-        finally:
-            self.LISTENERS = listeners
-        self._worker_app[pid] = pool.name
-        pool.worker_started(pid, self.WORKERS[pid].age, now)
-
-    def spawn_worker(self) -> Any:
-        """gunicorn's entry point for one more worker: route it through the first pool."""
-        pool = next(iter(self.pools.values()))
-        self._spawn_direct(pool, time.monotonic())
-
-    def kill_worker(self, pid: int, sig: int) -> None:
-        known = pid in self.WORKERS
-        super().kill_worker(pid, sig)
-        if known and pid not in self.WORKERS:  # it was already gone (ESRCH)
-            app_name = self._worker_app.pop(pid, None)
-            if app_name in self.pools:
-                self.pools[app_name].worker_exited(pid, 0, time.monotonic())
-
-    def _kill(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-
     # -- reload and stop ------------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -590,13 +524,17 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self.app.reload()
         self.setup(self.app)
         self.log.reopen_files()
-        if old_address != self.cfg.address:
-            for lnr in self.LISTENERS:
-                lnr.close()
-            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
-            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
-        for spec in self.specs.values():
-            spec.listeners = list(self.LISTENERS)
+        if self.multi:
+            listenersmod.bind_apps(self.specs.values(), self.cfg, self.log)
+            self.LISTENERS = self._all_listeners()
+        else:
+            if old_address != self.cfg.address:
+                for lnr in self.LISTENERS:
+                    lnr.close()
+                self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+                self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
+            for spec in self.specs.values():
+                spec.listeners = list(self.LISTENERS)
         self.cfg.on_reload(self)
         if self.pidfile is not None:
             self.pidfile.unlink()
@@ -614,8 +552,11 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def stop(self, graceful: bool = True) -> None:
         unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
-        sock.close_sockets(self.LISTENERS, unlink)
+        sock.close_sockets([*self.LISTENERS, *self._retired_listeners], unlink)
         self.LISTENERS = []
+        self._retired_listeners = []
+        for spec in self.specs.values():
+            spec.listeners = []
         for handle in list(self.preloaders.values()):
             handle.stopping = True
             self._close_channel(handle)
@@ -657,6 +598,13 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             return any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in self._drain_signal_queue())
         found = any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in self.SIG_QUEUE)
         return found
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def default_app_name(app: Any) -> str:

@@ -5,6 +5,8 @@
 
 * ``gunicorn.config``: import :mod:`gunicorn_smartspawn.settings`, whose
   ``Setting`` subclasses register themselves, before any ``Config`` exists.
+* ``gunicorn.app.wsgiapp``: let a configuration with an ``apps`` table run
+  without ``APP_MODULE``, and refuse ``apps`` without our worker class.
 * ``gunicorn.app.base``: replace the module's ``Arbiter`` name, which
   ``BaseApplication.run()`` calls, with :func:`select_arbiter`. It returns
   gunicorn's own ``Arbiter`` unless the worker class is ours, so a gunicorn
@@ -17,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 _state: dict[str, Any] = {"stock_arbiter": None, "settings": False}
+NO_APP_MODULE = "No application module specified."
 
 
 def on_gunicorn_module(name: str, module: ModuleType) -> None:
@@ -30,6 +33,31 @@ def on_gunicorn_module(name: str, module: ModuleType) -> None:
             return
         _state["stock_arbiter"] = current
         setattr(module, "Arbiter", select_arbiter)
+    elif name == "gunicorn.app.wsgiapp":
+        _allow_apps_without_app_module(module.WSGIApplication)
+
+
+def _allow_apps_without_app_module(application_class: Any) -> None:
+    """With an ``apps`` table, gunicorn must not insist on APP_MODULE."""
+    original = application_class.load_config
+    if getattr(original, "_smartspawn", False):
+        return
+
+    def load_config(self: Any) -> None:
+        from gunicorn.errors import ConfigError
+
+        try:
+            original(self)
+        except ConfigError as exc:
+            apps = self.cfg.settings["apps"].get() if "apps" in self.cfg.settings else None
+            if str(exc) != NO_APP_MODULE or not apps:
+                raise
+        apps = self.cfg.settings["apps"].get() if "apps" in self.cfg.settings else None
+        if apps and not uses_smartspawn(self.cfg.settings["worker_class"].get()):
+            raise ConfigError("apps = {...} needs worker_class = 'smartspawn.Worker' (-k smartspawn.Worker)")
+
+    load_config._smartspawn = True  # type: ignore[attr-defined]
+    application_class.load_config = load_config
 
 
 def installed() -> bool:

@@ -17,31 +17,28 @@ module's code does so through ``os._exit``.
 
 from __future__ import annotations
 
-import atexit
 import gc
 import os
 import select
 import signal
 import socket
 import struct
-import sys
 import time
 import traceback
-from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from gunicorn import sock as gsock
 from gunicorn import util
 from gunicorn.errors import AppImportError
 
 from gunicorn_smartspawn import events, forksafety, linux
 from gunicorn_smartspawn import worker as worker_module
+from gunicorn_smartspawn.apps import AppSpec
 from gunicorn_smartspawn.errors import (
-    APP_LOAD_ERROR,
     INTERMEDIATE_FORK_ERROR,
     PRELOADER_CRASHED,
     PRELOADER_EXIT_OK,
     PRELOADER_LOAD_ERROR,
-    WORKER_BOOT_ERROR,
     WORKER_REPARENT_TIMEOUT,
 )
 from gunicorn_smartspawn.protocol import (
@@ -65,28 +62,18 @@ _IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGTTIN", "SIG
 class Preloader:
     """State of the preloader process; :meth:`run` never returns."""
 
-    def __init__(
-        self,
-        *,
-        arbiter: Any,
-        app: Any,
-        app_name: str,
-        generation: int,
-        listeners: Sequence[Any],
-        sock: socket.socket,
-        master_pid: int,
-        gc_freeze: bool,
-    ) -> None:
+    def __init__(self, *, arbiter: Any, spec: AppSpec, generation: int, sock: socket.socket, master_pid: int) -> None:
         self.arbiter = arbiter
-        self.app = app
-        self.app_name = app_name
+        self.spec = spec
+        self.app = spec.app
+        self.app_name = spec.name
         self.generation = generation
-        self.listeners = list(listeners)
+        self.listeners = list(spec.listeners)
         self.sock = sock
         self.master_pid = master_pid
-        self.gc_freeze = gc_freeze
+        self.cfg = spec.cfg
+        self.gc_freeze = bool(spec.cfg.gc_freeze)
         self.log = arbiter.log
-        self.cfg = arbiter.cfg
         self.decoder = FrameDecoder(COMMANDS)
         self.fork_findings = forksafety.Findings()
         self.clone = linux.CloneParent() if self.cfg.smart_fork == "auto" else None
@@ -97,25 +84,29 @@ class Preloader:
         try:
             self._become_preloader()
             if not self._load():
-                _leave(PRELOADER_LOAD_ERROR)
+                worker_module.leave(PRELOADER_LOAD_ERROR)
             self._serve()
-            _leave(PRELOADER_EXIT_OK)
+            worker_module.leave(PRELOADER_EXIT_OK)
         except SystemExit as exc:  # a worker leaving through sys.exit never gets here
-            _leave(exc.code if isinstance(exc.code, int) else PRELOADER_CRASHED)
+            worker_module.leave(exc.code if isinstance(exc.code, int) else PRELOADER_CRASHED)
         except BaseException:
             self.log.exception("app=%s preloader gen=%d pid=%d crashed", self.app_name, self.generation, os.getpid())
-            _leave(PRELOADER_CRASHED)
+            worker_module.leave(PRELOADER_CRASHED)
 
     def _become_preloader(self) -> None:
         linux.set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != self.master_pid:  # the master died before the line above
-            _leave(PRELOADER_EXIT_OK)
+            worker_module.leave(PRELOADER_EXIT_OK)
         for name in _IGNORED:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.sock.settimeout(None)
         util._setproctitle(f"preloader [{self.app_name}]")
+        self.spec.enter()  # chdir, paths and env of a multi-app entry
+        if self.spec.config is not None and os.geteuid() == 0:
+            # its own user (multi-app 'user'/'group'): before any app code runs
+            util.set_owner_process(self.cfg.uid, self.cfg.gid, initgroups=self.cfg.initgroups)
 
     def _load(self) -> bool:
         if self.gc_freeze:
@@ -189,7 +180,7 @@ class Preloader:
         try:
             self.sock.sendall(encode(message))
         except OSError:
-            _leave(PRELOADER_EXIT_OK)  # the master is gone
+            worker_module.leave(PRELOADER_EXIT_OK)  # the master is gone
 
     # -- spawning -----------------------------------------------------------------------
 
@@ -258,74 +249,17 @@ class Preloader:
         if self.gc_freeze:
             gc.enable()
         forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
-        code = run_forked_worker(self.arbiter, self.app, self.app_name, age, self.listeners, heartbeat_fd)
-        _leave(code)
-
-
-class InheritedTmp:
-    """A worker's heartbeat file created by the master and passed over the channel.
-
-    Same interface and clock as gunicorn's ``WorkerTmp``: the master reads the
-    change of the file's mtime through its own descriptor of the same file.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._file = os.fdopen(fd, "w+b", 0)
-
-    def notify(self) -> None:
-        now = time.monotonic()
-        os.utime(self._file.fileno(), (now, now))
-
-    def last_update(self) -> float:
-        return os.fstat(self._file.fileno()).st_mtime
-
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def run_forked_worker(
-    arbiter: Any, app: Any, app_name: str, age: int, listeners: Sequence[Any], heartbeat_fd: int
-) -> int:
-    """Build and run gunicorn's worker object in a forked process; its exit code."""
-    cfg, log = arbiter.cfg, arbiter.log
-    worker_module.spawn_context = worker_module.SpawnContext(app_name=app_name, forked=True)
-    sockets = list(listeners)
-    if not sockets and getattr(cfg, "reuse_port", False):
-        from gunicorn import sock as gsock
-
-        sockets = gsock.create_sockets(cfg, log)  # gunicorn >= 27 with --reuse-port: one set per worker
-    worker = arbiter.worker_class(age, arbiter.pid, sockets, app, arbiter.timeout / 2.0, cfg, log)
-    worker.tmp.close()
-    worker.tmp = InheritedTmp(heartbeat_fd)
-    worker.pid = os.getpid()
-    code = 0
-    try:
-        util._setproctitle(f"worker [{app_name}]")
-        log.info("Booting worker with pid: %s", worker.pid)
-        events.fire(events.STARTING_WORKER_PROCESS, True)
-        cfg.post_fork(arbiter, worker)
-        worker.init_process()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except AppImportError as exc:
-        log.debug("Exception while loading the application", exc_info=True)
-        print(str(exc), file=sys.stderr, flush=True)
-        code = APP_LOAD_ERROR
-    except BaseException as exc:
-        log.exception("Exception in worker process")
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 255 if worker.booted else WORKER_BOOT_ERROR
-    finally:
-        log.info("Worker exiting (pid: %s)", worker.pid)
-        try:
-            worker.tmp.close()
-            cfg.worker_exit(arbiter, worker)
-        except Exception:
-            log.warning("Exception during worker exit:\n%s", traceback.format_exc())
-    return code
+        worker_module.spawn_context = worker_module.SpawnContext(app_name=self.app_name, forked=True)
+        sockets = list(self.listeners)
+        if not sockets and getattr(self.cfg, "reuse_port", False):
+            sockets = gsock.create_sockets(self.cfg, self.log)  # gunicorn >= 27 --reuse-port: per worker
+        worker = self.arbiter.worker_class(
+            age, self.master_pid, sockets, self.app, self.cfg.timeout / 2.0, self.cfg, self.log
+        )
+        worker.tmp.close()
+        worker.tmp = worker_module.InheritedTmp(heartbeat_fd)
+        worker.pid = os.getpid()
+        worker_module.leave(worker_module.run_worker_process(self.arbiter, worker))
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -341,15 +275,3 @@ def _read_all(fd: int, size: int) -> bytes:
     return data
 
 
-def _leave(code: int) -> NoReturn:
-    """Exit this forked process: run atexit callbacks, flush, ``_exit``."""
-    try:
-        atexit._run_exitfuncs()
-    except BaseException:
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    os._exit(code & 0xFF)

@@ -192,6 +192,35 @@ class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
         portable way, at the cost of a second copy of the page tables.
         """
 
+
+def _validate_apps(value: Any) -> Any:
+    from gunicorn_smartspawn.apps import validate_apps
+
+    return validate_apps(value)
+
+
+class Apps(Setting):  # type: ignore[misc]
+    name = "apps"
+    section = SECTION
+    cli = None
+    validator = _validate_apps
+    default = None
+    desc = """\
+        Several applications in one master: a dict of app name to its settings.
+
+        Config file only. Each entry needs ``app`` ('module:callable') and
+        ``bind`` (an address or a list), and may set ``workers``,
+        ``threads``, ``spawn_method``, ``preloader_idle_timeout``,
+        ``gc_freeze``, ``smart_fork``, ``fork_safety``,
+        ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
+        ``max_requests``, ``max_requests_jitter``, ``chdir``,
+        ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
+        anything else comes from the global settings. Each app gets its own
+        listeners, preloader and workers; one that fails to load backs off
+        while the others serve. Replaces ``APP_MODULE``. See
+        docs/multi-app.md.
+        """
+
 # -- fork safety -----------------------------------------------------------------------
 
 FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
@@ -250,4 +279,4 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")
+PLUGIN_SETTINGS: Final = ("apps", "spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")

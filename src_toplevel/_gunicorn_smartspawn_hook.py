@@ -2,7 +2,7 @@
 
 Every Python process in the environment imports this module at startup, so
 it does almost nothing: it puts one finder on ``sys.meta_path`` that stays
-inert until ``gunicorn.config`` or ``gunicorn.app.base`` is imported. Then
+inert until one of the three gunicorn modules in ``_TARGETS`` is imported. Then
 it lets the real module load and calls into ``gunicorn_smartspawn.plugin``,
 which registers the plugin's settings (so stock ``gunicorn --help`` lists
 them) and the arbiter selector. A process that never imports gunicorn never
@@ -11,7 +11,7 @@ imports any other part of the plugin.
 
 import sys
 
-_TARGETS = ("gunicorn.config", "gunicorn.app.base")
+_TARGETS = ("gunicorn.config", "gunicorn.app.base", "gunicorn.app.wsgiapp")
 
 
 class _AfterLoad:

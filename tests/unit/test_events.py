@@ -208,6 +208,6 @@ def test_gunicorn_help_lists_the_flags_in_a_fresh_process() -> None:
 
 
 def test_hook_removes_its_finder_once_gunicorn_is_loaded() -> None:
-    report = run_python("import gunicorn.config, gunicorn.app.base\n" + REPORT)
+    report = run_python("import gunicorn.config, gunicorn.app.base, gunicorn.app.wsgiapp\n" + REPORT)
     assert "_gunicorn_smartspawn_hook" not in report["meta_path"]  # type: ignore[operator]
     assert "gunicorn_smartspawn.plugin" in report["plugin"]  # type: ignore[operator]

@@ -1,0 +1,303 @@
+"""The ``apps`` table: several applications in one master.
+
+``apps`` in ``gunicorn.conf.py`` maps a name to that app's settings::
+
+    apps = {
+        "shop": {"app": "shop.wsgi:application", "bind": ["unix:/run/shop.sock"], "workers": 4},
+        "blog": {"app": "blog.app:app", "bind": "127.0.0.1:8002", "spawn_method": "direct"},
+    }
+
+This module validates the table strictly (pure: no sockets, no imports of
+the apps), derives each app's gunicorn ``Config`` from the global one, and
+provides the small application object a preloader or worker loads the app
+through. Every error names the app and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gunicorn_smartspawn.errors import ConfigError
+
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a whole number >= 1")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value.strip()
+
+
+def _string_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("a string or a non-empty list of strings")
+    return [v.strip() for v in value]
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and "=" not in k for k in value):
+        raise ValueError("a dict of environment variable names to strings")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("a dict whose values are strings")
+    return dict(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(" or ".join(repr(c) for c in choices))
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("True or False")
+    return value
+
+
+def _user(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError("a user name or uid")
+    return value
+
+
+#: Per-app key -> (validator, gunicorn setting it overrides or None for our own handling)
+KEYS: Final[dict[str, tuple[Callable[[Any], Any], str | None]]] = {
+    "app": (_string, None),
+    "bind": (_string_list, "bind"),
+    "workers": (_positive_int, "workers"),
+    "threads": (_positive_int, "threads"),
+    "spawn_method": (_choice("smart", "direct"), "spawn_method"),
+    "preloader_idle_timeout": (_non_negative_int, "preloader_idle_timeout"),
+    "gc_freeze": (_bool, "gc_freeze"),
+    "smart_fork": (_choice("auto", "double-fork"), "smart_fork"),
+    "fork_safety": (_choice("warn", "fence", "off"), "fork_safety"),
+    "fork_safety_libraries": (_bool, "fork_safety_libraries"),
+    "timeout": (_non_negative_int, "timeout"),
+    "graceful_timeout": (_non_negative_int, "graceful_timeout"),
+    "max_requests": (_non_negative_int, "max_requests"),
+    "max_requests_jitter": (_non_negative_int, "max_requests_jitter"),
+    "chdir": (_string, None),
+    "pythonpath": (_string_list, None),
+    "env": (_env, None),
+    "user": (_user, "user"),
+    "group": (_user, "group"),
+    "restart_file": (_string, None),
+}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One validated entry of the ``apps`` table."""
+
+    name: str
+    app: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    chdir: str | None = None
+    pythonpath: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    restart_file: str | None = None
+
+    @property
+    def binds(self) -> list[str]:
+        return list(self.overrides.get("bind", []))
+
+    def restart_path(self, cwd: str) -> str:
+        """Passenger's ``tmp/restart.txt`` below the app's root (its chdir, else ``cwd``)."""
+        root = self.chdir or cwd
+        path = self.restart_file or os.path.join("tmp", "restart.txt")
+        return os.path.normpath(os.path.join(root, path))
+
+
+def validate_apps(value: Any) -> dict[str, AppConfig]:
+    """The ``apps`` setting's validator: name -> AppConfig, or a ConfigError naming app and key."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and all(isinstance(v, AppConfig) for v in value.values()):
+        return dict(value)  # already validated (a Config being copied)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"apps={value!r} is not valid: expected a dict of app name -> dict of settings")
+    apps: dict[str, AppConfig] = {}
+    seen_names: dict[str, str] = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(
+                f"apps: the name {name!r} is not valid: expected letters, digits, '_', '.' or '-' "
+                "(at most 64, starting with a letter or digit)"
+            )
+        if name.lower() in seen_names:
+            raise ConfigError(f"apps: the names {seen_names[name.lower()]!r} and {name!r} differ only in case")
+        seen_names[name.lower()] = name
+        apps[name] = _validate_entry(name, entry)
+    _check_binds(apps)
+    return apps
+
+
+def _validate_entry(name: str, entry: Any) -> AppConfig:
+    where = f"apps[{name!r}]"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}={entry!r} is not valid: expected a dict of settings with at least 'app'")
+    for key in entry:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(KEYS))}"
+            raise ConfigError(f"{where} has an unknown key {key!r}{hint}")
+    if "app" not in entry:
+        raise ConfigError(f"{where} has no 'app': expected the WSGI app as 'module:callable'")
+    checked: dict[str, Any] = {}
+    for key, raw in entry.items():
+        check, _setting = KEYS[key]
+        try:
+            checked[key] = check(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}[{key!r}]={raw!r} is not valid: expected {exc}") from None
+    if ":" not in checked["app"] and "." not in checked["app"]:
+        pass  # gunicorn accepts a bare module name (callable 'application')
+    overrides: dict[str, Any] = {}
+    for key, value in checked.items():
+        setting = KEYS[key][1]
+        if setting is not None:
+            overrides[setting] = value
+    if "bind" not in overrides:
+        raise ConfigError(f"{where} has no 'bind': expected an address like '127.0.0.1:8001' or 'unix:/run/{name}.sock'")
+    return AppConfig(
+        name=name,
+        app=checked["app"],
+        overrides=overrides,
+        chdir=checked.get("chdir"),
+        pythonpath=tuple(checked.get("pythonpath", ())),
+        env=checked.get("env", {}),
+        restart_file=checked.get("restart_file"),
+    )
+
+
+def normalize_bind(bind: str) -> str:
+    """A comparable form of a bind address: 'unix:/abs/path', 'tcp:host:port' or 'fd:N'."""
+    if bind.startswith("unix:"):
+        path = bind[5:]
+        path = path[2:] if path.startswith("//") else path
+        return "unix:" + os.path.abspath(path)
+    if bind.startswith("fd://"):
+        return "fd:" + bind[5:]
+    host, _, port = bind.rpartition(":")
+    if not host:
+        host, port = bind, "8000"
+    host = host.strip("[]").lower() or "0.0.0.0"
+    if host == "localhost":
+        host = "127.0.0.1"
+    return f"tcp:{host}:{port}"
+
+
+def _check_binds(apps: Mapping[str, AppConfig]) -> None:
+    owner: dict[str, str] = {}
+    for app in apps.values():
+        for bind in app.binds:
+            key = normalize_bind(bind)
+            if key in owner:
+                other = owner[key]
+                what = "twice" if other == app.name else f"also by apps[{other!r}]"
+                raise ConfigError(f"apps[{app.name!r}]['bind']={bind!r} is used {what}: each address belongs to one app")
+            owner[key] = app.name
+
+
+def derive_config(base: Any, app: AppConfig) -> Any:
+    """A copy of the global gunicorn ``Config`` with ``app``'s settings applied."""
+    cfg = copy.copy(base)
+    cfg.settings = {name: setting.copy() for name, setting in base.settings.items()}
+    for name, value in app.overrides.items():
+        try:
+            cfg.set(name, value)
+        except Exception as exc:
+            raise ConfigError(f"apps[{app.name!r}][{name!r}]={value!r} is not valid: {exc}") from None
+    cfg.set("proc_name", app.name)
+    if "apps" in cfg.settings:
+        cfg.set("apps", {})
+    if app.env:
+        cfg.set("raw_env", [*base.settings["raw_env"].get(), *(f"{k}={v}" for k, v in app.env.items())])
+    if "user" in app.overrides and "umask" in cfg.settings:
+        cfg.set("umask", 0o177)  # its unix sockets: owner only
+    return cfg
+
+
+class AppLoader:
+    """The application object of one app in a multi-app master.
+
+    Plays the part of gunicorn's ``WSGIApplication`` for the worker classes
+    (``wsgi()``, ``cfg``); it imports nothing until a preloader or direct
+    worker calls ``wsgi()`` after :func:`enter_app` has set up the process.
+    """
+
+    def __init__(self, app: AppConfig, cfg: Any) -> None:
+        self.config = app
+        self.cfg = cfg
+        self.app_uri = app.app
+        self.callable: Any = None
+
+    def load(self) -> Any:
+        from gunicorn import util
+
+        return util.import_app(self.app_uri)
+
+    def wsgi(self) -> Any:
+        if self.callable is None:
+            self.callable = self.load()
+        return self.callable
+
+    def reload(self) -> None:  # pragma: no cover - the master reloads the global config
+        pass
+
+
+def enter_app(app: AppConfig, cfg: Any) -> None:
+    """In a preloader or direct worker of ``app``, before the import: directory, paths, env."""
+    if app.chdir:
+        os.chdir(app.chdir)
+        if app.chdir not in sys.path:
+            sys.path.insert(0, app.chdir)
+    for path in reversed(app.pythonpath):
+        path = os.path.abspath(path)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for key, value in cfg.env.items():
+        os.environ[key] = value
+
+
+@dataclass
+class AppSpec:
+    """What the master holds for one app: its settings, application object and listeners."""
+
+    name: str
+    app: Any  # gunicorn's WSGIApplication (the one-app form) or an AppLoader
+    cfg: Any  # the app's gunicorn Config
+    config: AppConfig | None = None  # None in the one-app form
+    listeners: list[Any] = field(default_factory=list)
+    restart_path: str | None = None
+    restart_mtime: float | None = None
+    removed: bool = False
+
+    def enter(self) -> None:
+        """Set up a freshly forked preloader or direct worker of this app."""
+        if self.config is not None:
+            enter_app(self.config, self.cfg)

@@ -1,0 +1,79 @@
+"""Listening sockets of a multi-app master: one set per app, bound before any import.
+
+The one-app form leaves binding to gunicorn. With an ``apps`` table the
+master binds each app's addresses itself, reusing sockets it inherited
+(systemd's ``LISTEN_FDS`` or gunicorn's ``GUNICORN_FD`` after USR2) when
+their address matches, so that no connection is refused across a re-exec.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from gunicorn import sock, systemd, util
+
+from gunicorn_smartspawn.apps import AppSpec, normalize_bind
+
+BIND_ATTEMPTS = 3
+
+
+def inherited_fds() -> tuple[list[int], bool]:
+    """Listening fds passed by systemd or a re-executing master, and whether systemd passed them."""
+    count = systemd.listen_fds()
+    if count:
+        return list(range(systemd.SD_LISTEN_FDS_START, systemd.SD_LISTEN_FDS_START + count)), True
+    if "GUNICORN_FD" in os.environ:
+        return [int(fd) for fd in os.environ.pop("GUNICORN_FD").split(",") if fd], False
+    return [], False
+
+
+def listener_key(listener: Any) -> str:
+    """The :func:`normalize_bind` form of a gunicorn listener's address."""
+    text = str(listener)
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    return normalize_bind(text)
+
+
+def bind_apps(specs: Iterable[AppSpec], cfg: Any, log: Any, fds: Sequence[int] = ()) -> None:
+    """Give each spec without listeners its sockets: inherited ones first, then new ones."""
+    by_key: dict[str, Any] = {}
+    for fd in fds:
+        [listener] = sock.create_sockets(cfg, log, [fd])
+        by_key[listener_key(listener)] = listener
+    for spec in specs:
+        if spec.listeners or spec.config is None:
+            continue
+        for bind in spec.config.binds:
+            listener = by_key.pop(normalize_bind(bind), None) or bind_one(spec, bind, log)
+            spec.listeners.append(listener)
+    for listener in by_key.values():
+        log.info("Closing inherited listener %s: no app binds it any more", listener)
+        listener.close()
+
+
+def bind_one(spec: AppSpec, bind: str, log: Any) -> Any:
+    """One new listener for ``bind`` with the app's settings; RuntimeError naming the app if it fails."""
+    address = util.parse_address(bind)
+    sock_type = sock._sock_type(address)
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            return sock_type(address, spec.cfg, log)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_ATTEMPTS:
+                log.error("app=%s address in use: %s, retrying", spec.name, bind)
+                time.sleep(0.5)
+                continue
+            raise RuntimeError(
+                f"apps[{spec.name!r}]['bind']={bind!r} cannot be bound: {exc.strerror or exc}"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def close(listeners: Iterable[Any], unlink: bool) -> None:
+    sock.close_sockets(list(listeners), unlink)
