@@ -121,3 +121,75 @@ def test_stock_worker_gets_the_stock_arbiter(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=30)
     assert out.stdout.strip().splitlines()[-1] == "True", out.stderr
+
+
+# -- the apps table ------------------------------------------------------------------------
+
+BAD_APPS = [
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "wokers": 2}},
+     "apps['shop'] has an unknown key 'wokers'; did you mean 'workers'?"),
+    ({"shop": {"bind": "127.0.0.1:1"}}, "apps['shop'] has no 'app'"),
+    ({"shop": {"app": "probe_app:app"}}, "apps['shop'] has no 'bind'"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "workers": "4"}},
+     "apps['shop']['workers']='4' is not valid: expected a whole number >= 1"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "workers": 0}},
+     "apps['shop']['workers']=0 is not valid: expected a whole number >= 1"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "spawn_method": "fast"}},
+     "apps['shop']['spawn_method']='fast' is not valid: expected 'smart' or 'direct'"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "preloader_idle_timeout": -1}},
+     "apps['shop']['preloader_idle_timeout']=-1 is not valid: expected a whole number >= 0"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1", "env": {"A": 1}}},
+     "apps['shop']['env']={'A': 1} is not valid: expected a dict whose values are strings"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1"}, "blog": {"app": "probe_app:app", "bind": "localhost:1"}},
+     "apps['blog']['bind']='localhost:1' is used also by apps['shop']"),
+    ({"shop": {"app": "probe_app:app", "bind": "127.0.0.1:1"}, "SHOP": {"app": "probe_app:app", "bind": "127.0.0.1:2"}},
+     "apps: the names 'shop' and 'SHOP' differ only in case"),
+    ({"bad name": {"app": "probe_app:app", "bind": "127.0.0.1:1"}}, "apps: the name 'bad name' is not valid"),
+    ({"shop": "probe_app:app"}, "apps['shop']='probe_app:app' is not valid: expected a dict of settings"),
+    (["shop"], "apps=['shop'] is not valid: expected a dict of app name -> dict of settings"),
+]
+
+
+@pytest.mark.parametrize("apps,message", BAD_APPS, ids=[m.split(" is ")[0][:40] for _, m in BAD_APPS])
+def test_bad_apps_table(tmp_path, apps, message):
+    (tmp_path / "gunicorn.conf.py").write_text(f"worker_class = 'smartspawn.Worker'\napps = {apps!r}\n")
+    result = run_gunicorn(tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stdout, result.stdout
+    assert "Listening at" not in result.stdout and "Booting worker" not in result.stdout
+
+
+def test_apps_and_app_module_together_are_refused(tmp_path):
+    port = free_port()
+    (tmp_path / "gunicorn.conf.py").write_text(
+        f"worker_class = 'smartspawn.Worker'\napps = {{'shop': {{'app': 'probe_app:app', 'bind': '127.0.0.1:{port}'}}}}\n")
+    result = run_gunicorn(tmp_path, "probe_app:app")
+    assert result.returncode == 1
+    assert "both APP_MODULE (probe_app:app) and apps = {...} are given" in result.stdout
+
+
+def test_apps_without_the_worker_class_are_refused(tmp_path):
+    port = free_port()
+    (tmp_path / "gunicorn.conf.py").write_text(f"apps = {{'shop': {{'app': 'probe_app:app', 'bind': '127.0.0.1:{port}'}}}}\n")
+    result = run_gunicorn(tmp_path)
+    assert result.returncode == 1
+    assert "apps = {...} needs worker_class = 'smartspawn.Worker'" in result.stdout
+
+
+def test_an_app_bind_in_use_names_the_app(tmp_path):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        (tmp_path / "gunicorn.conf.py").write_text(
+            "worker_class = 'smartspawn.Worker'\n"
+            f"apps = {{'shop': {{'app': 'probe_app:app', 'bind': '127.0.0.1:{port}'}}}}\n")
+        result = run_gunicorn(tmp_path)
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert f"apps['shop']['bind']='127.0.0.1:{port}' cannot be bound: Address already in use" in result.stdout
+    assert "Booting worker" not in result.stdout

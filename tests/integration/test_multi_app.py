@@ -1,0 +1,186 @@
+"""Several apps in one master: own listeners, preloader and workers; isolated failures."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import Server, cmdline, free_port, read_stat, wait_for
+
+
+def write_conf(path: Path, apps: dict, extra: str = "") -> Path:
+    path.write_text(f"worker_class = 'smartspawn.Worker'\napps = {apps!r}\n{extra}")
+    return path
+
+
+def get(port: int, path: str = "/") -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def app_pids(server: Server, role: str, name: str) -> list[int]:
+    return server.by_title(f"{role} [{name}]")
+
+
+def listening_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+@pytest.fixture
+def three_apps(tmp_path: Path, server_factory):
+    ports = {"shop": free_port(), "blog": free_port()}
+    admin_root = tmp_path / "admin"
+    (admin_root / "tmp").mkdir(parents=True)
+    (admin_root / "admin_app.py").write_text((Path(__file__).parent / "apps" / "env_app.py").read_text())
+    admin_sock = tmp_path / "admin.sock"
+    apps = {
+        "shop": {"app": "probe_app:app", "bind": [f"127.0.0.1:{ports['shop']}"], "workers": 2},
+        "blog": {"app": "env_app:app", "bind": f"127.0.0.1:{ports['blog']}", "workers": 2, "spawn_method": "direct",
+                 "env": {"APP_FLAVOR": "blog-env"}},
+        "admin": {"app": "admin_app:app", "bind": [f"unix:{admin_sock}"], "workers": 1, "chdir": str(admin_root),
+                  "env": {"APP_FLAVOR": "admin-env"}},
+    }
+    conf = write_conf(tmp_path / "multi.conf.py", apps)
+    server = server_factory("-c", str(conf), bind=False)
+    wait_for(lambda: len(app_pids(server, "worker", "shop")) == 2 and len(app_pids(server, "worker", "blog")) == 2
+             and len(app_pids(server, "worker", "admin")) == 1, timeout=20, what="all workers")
+    return server, ports, admin_sock, admin_root
+
+
+def unix_get(path: Path) -> dict:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(str(path))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def test_each_app_answers_from_its_own_workers(three_apps):
+    server, ports, admin_sock, admin_root = three_apps
+    assert len(app_pids(server, "preloader", "shop")) == 1
+    assert len(app_pids(server, "preloader", "admin")) == 1
+    assert app_pids(server, "preloader", "blog") == []  # direct
+    shop_workers = set(app_pids(server, "worker", "shop"))
+    blog_workers = set(app_pids(server, "worker", "blog"))
+    for _ in range(8):
+        shop = get(ports["shop"])
+        assert shop["pid"] in shop_workers and shop["forked"] is True
+        blog = get(ports["blog"])
+        assert blog["pid"] in blog_workers and blog["forked"] is False
+        assert blog["flavor"] == "blog-env"
+    admin = unix_get(admin_sock)
+    assert admin["pid"] in app_pids(server, "worker", "admin")
+    assert admin["cwd"] == str(admin_root)  # per-app chdir
+    assert admin["flavor"] == "admin-env"  # per-app env
+    assert admin["forked"] is True
+    for pid in [*shop_workers, *blog_workers, *app_pids(server, "worker", "admin")]:
+        assert read_stat(pid)[1] == server.pid
+
+
+def test_workers_hold_only_their_own_apps_listeners(three_apps):
+    server, ports, admin_sock, _ = three_apps
+    master = listening_inodes(server.pid)
+    for name in ("shop", "blog", "admin"):
+        for pid in [*app_pids(server, "worker", name), *app_pids(server, "preloader", name)]:
+            shared = listening_inodes(pid) & master
+            assert len(shared) == 1, (name, pid, shared)  # its own single listener, nothing else of the master's
+
+
+def test_restart_txt_restarts_one_app_only(three_apps):
+    server, ports, admin_sock, admin_root = three_apps
+    before = {name: set(app_pids(server, "worker", name)) for name in ("shop", "blog", "admin")}
+    [admin_preloader] = app_pids(server, "preloader", "admin")
+    (admin_root / "tmp" / "restart.txt").write_text("")
+    wait_for(lambda: not before["admin"] & set(app_pids(server, "worker", "admin"))
+             and len(app_pids(server, "worker", "admin")) == 1, timeout=20, what="admin workers replaced")
+    assert app_pids(server, "preloader", "admin") != [admin_preloader]
+    assert set(app_pids(server, "worker", "shop")) == before["shop"]
+    assert set(app_pids(server, "worker", "blog")) == before["blog"]
+    assert unix_get(admin_sock)["pid"] in app_pids(server, "worker", "admin")
+
+
+def test_ttin_adds_a_worker_to_every_app(three_apps):
+    server, *_ = three_apps
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(app_pids(server, "worker", "shop")) == 3 and len(app_pids(server, "worker", "blog")) == 3
+             and len(app_pids(server, "worker", "admin")) == 2, timeout=20, what="one more worker per app")
+
+
+def test_a_broken_app_backs_off_while_the_others_serve(tmp_path, server_factory):
+    ports = {"good": free_port(), "bad": free_port()}
+    apps = {
+        "good": {"app": "probe_app:app", "bind": f"127.0.0.1:{ports['good']}", "workers": 1},
+        "bad": {"app": "no_such_module_anywhere:app", "bind": f"127.0.0.1:{ports['bad']}", "workers": 1},
+    }
+    server = server_factory("-c", str(write_conf(tmp_path / "c.py", apps)), bind=False)
+    wait_for(lambda: len(app_pids(server, "worker", "good")) == 1, what="the good app's worker")
+    server.wait_log("app=bad preloader", timeout=10)
+    started = time.monotonic()
+
+    def starts() -> list[str]:
+        return [line for line in server.log().splitlines() if "app=bad preloader gen=1" in line and line.endswith("started")]
+
+    wait_for(lambda: len(starts()) >= 3, timeout=20, what="two retries of the bad app")
+    # retried after 1 s, then 2 s: growing delays, never a hot loop
+    assert time.monotonic() - started >= 2.5
+    assert len(starts()) <= 4
+    assert server.proc.poll() is None
+    assert get(ports["good"])["pid"] in app_pids(server, "worker", "good")
+    # the bad app's address is bound: connections wait instead of being refused
+    s = socket.create_connection(("127.0.0.1", ports["bad"]), timeout=2)
+    s.close()
+
+
+def test_one_app_form_still_halts_when_its_only_app_cannot_load(server_factory):
+    server = server_factory("-k", "smartspawn.Worker", "no_such_module_anywhere:app")
+    assert server.wait_exit() == 4
+
+
+def test_hup_adds_and_removes_apps(tmp_path, server_factory):
+    ports = {"one": free_port(), "two": free_port(), "three": free_port()}
+    conf = tmp_path / "c.py"
+    write_conf(conf, {
+        "one": {"app": "probe_app:app", "bind": f"127.0.0.1:{ports['one']}", "workers": 1},
+        "two": {"app": "probe_app:app", "bind": f"127.0.0.1:{ports['two']}", "workers": 1},
+    })
+    server = server_factory("-c", str(conf), bind=False)
+    wait_for(lambda: len(app_pids(server, "worker", "one")) == 1 and len(app_pids(server, "worker", "two")) == 1,
+             what="both apps")
+    write_conf(conf, {
+        "one": {"app": "probe_app:app", "bind": f"127.0.0.1:{ports['one']}", "workers": 1},
+        "three": {"app": "env_app:app", "bind": f"127.0.0.1:{ports['three']}", "workers": 1, "spawn_method": "direct"},
+    })
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: len(app_pids(server, "worker", "three")) == 1, what="the new app")
+    wait_for(lambda: app_pids(server, "worker", "two") == [] and app_pids(server, "preloader", "two") == [],
+             what="the removed app to stop")
+    assert get(ports["three"])["app"] == "env_app"
+    server.wait_log("app=two stopped and removed")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", ports["two"]), timeout=2).close()
+    assert get(ports["one"])["pid"] in app_pids(server, "worker", "one")
