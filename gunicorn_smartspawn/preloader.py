@@ -99,7 +99,9 @@ class Preloader:
             worker_module.leave(PRELOADER_EXIT_OK)
         for name in _IGNORED:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # SIGTERM (systemd stopping the whole unit, an operator): leave quietly;
+        # the master starts another preloader when it next needs one
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.sock.settimeout(None)
         util._setproctitle(f"preloader [{self.app_name}]")
@@ -260,6 +262,10 @@ class Preloader:
         worker.tmp = worker_module.InheritedTmp(heartbeat_fd)
         worker.pid = os.getpid()
         worker_module.leave(worker_module.run_worker_process(self.arbiter, worker))
+
+
+def _exit_on_sigterm(sig: int, frame: Any) -> None:
+    os._exit(PRELOADER_EXIT_OK)
 
 
 def _read_all(fd: int, size: int) -> bytes:

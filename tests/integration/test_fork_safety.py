@@ -42,10 +42,13 @@ class Service:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    popen: dict[str, Any] = field(default_factory=dict)
 
     def start(self, ready: Callable[[], Any], timeout: float = 15.0) -> Service:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, **self.popen
+        )
 
         def up() -> Any:
             assert self.proc is not None
@@ -128,20 +131,20 @@ def postgres() -> Iterator[Service]:
     binary = _require(_postgres_bin(), "PostgreSQL")
     bindir = os.path.dirname(binary)
     root = tempfile.mkdtemp(prefix="fs-pg-")
-    as_user: list[str] = []
+    as_user: dict[str, Any] = {}
     if os.geteuid() == 0:  # postgres refuses to run as root
         import pwd
 
         pw = pwd.getpwnam("postgres")
         os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "cwd": root}
     data = os.path.join(root, "data")
     subprocess.run(
-        [*as_user, os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
-        check=True, capture_output=True,
+        [os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        check=True, capture_output=True, **as_user,
     )
     port = free_port()
-    argv = [*as_user, binary, "-D", data, "-p", str(port), "-k", root, "-c", "listen_addresses=127.0.0.1",
+    argv = [binary, "-D", data, "-p", str(port), "-k", root, "-c", "listen_addresses=127.0.0.1",
             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=50"]
     import psycopg2
 
@@ -152,7 +155,7 @@ def postgres() -> Iterator[Service]:
             return False
         return True
 
-    service = Service("postgres", argv, Path(root) / "postgres.log", port)
+    service = Service("postgres", argv, Path(root) / "postgres.log", port, popen=as_user)
     service.cleanup.append(lambda: shutil.rmtree(root, ignore_errors=True))
     try:
         service.start(ready, timeout=30)
@@ -227,6 +230,7 @@ def test_shared_connection_mixes_replies_without_fork_safety(server_factory, mem
     server, _ = start_memcache_app(server_factory, memcached, "--fork-safety", "off")
     answers = hammer(server, "off")
     bad = [a for a in answers if not a["ok"]]
+    print("OFF:", summary(answers))
     assert bad, "expected wrong or failed replies on the shared connection: " + summary(answers)
     assert "fork safety" not in server.log()
 

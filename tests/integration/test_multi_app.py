@@ -184,3 +184,78 @@ def test_hup_adds_and_removes_apps(tmp_path, server_factory):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", ports["two"]), timeout=2).close()
     assert get(ports["one"])["pid"] in app_pids(server, "worker", "one")
+
+
+def _uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def _connect_as(uid: int, gid: int, path: str) -> str:
+    """Try to connect to a unix socket as another user, in a forked child."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgid(gid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                result = b"connected"
+            except PermissionError:
+                result = b"denied"
+            except OSError as exc:
+                result = repr(exc).encode()
+            os.write(w, result)
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = os.read(r, 200).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-app users need a root master")
+def test_per_app_users(server_factory):
+    import pwd
+    import shutil
+    import tempfile
+
+    try:
+        nobody, daemon = pwd.getpwnam("nobody"), pwd.getpwnam("daemon")
+    except KeyError:
+        pytest.skip("needs the users nobody and daemon")
+    where = tempfile.mkdtemp(prefix="smartspawn-cred-")
+    os.chmod(where, 0o755)  # so that only the socket's own mode decides who may connect
+    try:
+        alice_sock, bob_sock = os.path.join(where, "alice.sock"), os.path.join(where, "bob.sock")
+        conf = Path(where) / "c.py"
+        write_conf(conf, {
+            "alice": {"app": "env_app:app", "bind": f"unix:{alice_sock}", "workers": 1, "user": "nobody",
+                      "group": nobody.pw_gid},
+            "bob": {"app": "env_app:app", "bind": f"unix:{bob_sock}", "workers": 1, "user": "daemon",
+                    "group": daemon.pw_gid, "spawn_method": "direct"},
+        })
+        server = server_factory("-c", str(conf), bind=False)
+        wait_for(lambda: len(app_pids(server, "worker", "alice")) == 1 and len(app_pids(server, "worker", "bob")) == 1,
+                 what="both apps")
+        assert _uid(server.pid) == 0
+        for pid in [*app_pids(server, "preloader", "alice"), *app_pids(server, "worker", "alice")]:
+            assert _uid(pid) == nobody.pw_uid
+        for pid in app_pids(server, "worker", "bob"):
+            assert _uid(pid) == daemon.pw_uid
+        for path, user in ((alice_sock, nobody), (bob_sock, daemon)):
+            st = os.stat(path)
+            assert (st.st_uid, st.st_mode & 0o777) == (user.pw_uid, 0o600)
+        assert unix_get(Path(alice_sock))["app"] == "env_app"
+        assert _connect_as(daemon.pw_uid, daemon.pw_gid, alice_sock) == "denied"
+        assert _connect_as(nobody.pw_uid, nobody.pw_gid, bob_sock) == "denied"
+        assert _connect_as(nobody.pw_uid, nobody.pw_gid, alice_sock) == "connected"
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

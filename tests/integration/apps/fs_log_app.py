@@ -14,8 +14,10 @@ _seq = itertools.count()
 
 
 def app(environ, start_response):
-    count, size = (int(x) for x in (environ.get("QUERY_STRING") or "1&100").split("&"))
     pid = os.getpid()
+    count, size = 0, 0
+    if environ.get("PATH_INFO") == "/log":
+        count, size = (int(x) for x in environ["QUERY_STRING"].split("&"))
     for _ in range(count):
         seq = next(_seq)
         LOG.info("<%d:%d:%d:%s:end>", pid, seq, size, chr(97 + seq % 26) * size)
