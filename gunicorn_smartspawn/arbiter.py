@@ -17,10 +17,13 @@ this module only carries out its actions.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import select
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -32,6 +35,10 @@ from gunicorn.pidfile import Pidfile
 from gunicorn_smartspawn import events, linux, listeners as listenersmod, pool as poolmod
 from gunicorn_smartspawn.apps import AppLoader, AppSpec, derive_config
 from gunicorn_smartspawn.errors import ProtocolError, describe_status, exit_code
+from gunicorn_smartspawn import control as controlmod
+from gunicorn_smartspawn import status as statusmod
+from gunicorn_smartspawn.control import CommandError, ControlServer
+from gunicorn_smartspawn.scoreboard import Scoreboard
 from gunicorn_smartspawn.spawning import PreloaderHandle, Spawning
 from gunicorn_smartspawn.protocol import PreloaderFailed, PreloaderReady, SpawnFailed, WorkerSpawned
 
@@ -61,6 +68,10 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         self._setup_notes: list[str] = []
         self._retired_listeners: list[Any] = []
         self.multi = False
+        self.scoreboard = Scoreboard()  # mapped before anything forks: every child shares it
+        self.control: ControlServer | None = None
+        self._thread_requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[Any]]] = queue.SimpleQueue()
+        self.started_at = time.time()
         super().__init__(app)
 
     # -- configuration -------------------------------------------------------------------
@@ -165,6 +176,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         if not self.multi:
             for spec in self.specs.values():
                 spec.listeners = list(self.LISTENERS)
+        self._open_control()
 
     def _all_listeners(self) -> list[Any]:
         return [lnr for spec in self.specs.values() for lnr in spec.listeners]
@@ -182,7 +194,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         signal.signal(signal.SIGCHLD, self._on_sigchld)
 
     def _master_private_fds(self) -> list[int]:
-        fds = [self._wake_r, self._wake_w]
+        fds = [self._wake_r, self._wake_w, *(self.control.fds() if self.control else [])]
         if not _QUEUE_LOOP:
             fds.extend(self.PIPE)
         return fds
@@ -220,7 +232,8 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
     def _wait(self, timeout: float) -> None:
         """Sleep until a signal, a preloader message or ``timeout``; then handle children and messages."""
         channels = {h.channel.fileno(): h for h in self.preloaders.values() if h.channel is not None}
-        fds = [self._wake_r, *channels]
+        control_fds = set(self.control.fds()) if self.control else set()
+        fds = [self._wake_r, *channels, *control_fds]
         if not _QUEUE_LOOP and self.PIPE:
             fds.append(self.PIPE[0])
         if not self._chld:
@@ -243,6 +256,11 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             handle = channels.get(fd)
             if handle is not None:
                 self._read_channel(handle)
+            elif fd in control_fds and self.control is not None:
+                self.control.ready(fd)
+        if self.control is not None:
+            self.control.expire(time.monotonic())
+        self._serve_thread_requests()
 
     # -- reaping --------------------------------------------------------------------------------
 
@@ -282,10 +300,18 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         if pool is not None:
             pool.worker_exited(pid, status, time.monotonic())
         try:
-            worker.tmp.close()
+            self._discard(worker)
         except OSError:
             pass
         self.cfg.child_exit(self, worker)
+
+    def _discard(self, worker: Any) -> None:
+        """Forget a worker object: its heartbeat file and its scoreboard slot."""
+        try:
+            worker.tmp.close()
+        except OSError:
+            pass
+        self.scoreboard.release(getattr(worker, "scoreboard_index", None))
 
     def _log_worker_exit(self, app_name: str, pid: int, status: int) -> None:
         code = exit_code(status)
@@ -314,7 +340,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         for age in lost or ():
             worker = self._pending_workers.pop(age, None)
             if worker is not None:
-                worker.tmp.close()
+                self._discard(worker)
         if lost:
             # a worker forked just before the preloader died may be a child of ours
             # that nobody reported: look for it once it had time to be re-parented
@@ -354,13 +380,13 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 for age in pool.preloader_failed(handle.pid, message.error, now):
                     worker = self._pending_workers.pop(age, None)
                     if worker is not None:
-                        worker.tmp.close()
+                        self._discard(worker)
             elif isinstance(message, WorkerSpawned):
                 self._worker_spawned(pool, handle, message, now)
             elif isinstance(message, SpawnFailed):
                 worker = self._pending_workers.pop(message.age, None)
                 if worker is not None:
-                    worker.tmp.close()
+                    self._discard(worker)
                 self.log.error("app=%s spawn of worker age=%d failed: %s", handle.app_name, message.age, message.error)
                 pool.spawn_failed(message.age, message.error, now)
         if handle.stopping and handle.channel is not None:
@@ -386,7 +412,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             self.WORKERS.pop(message.pid, None)
             self._worker_app.pop(message.pid, None)
             self._log_worker_exit(pool.name, message.pid, status)
-            worker.tmp.close()
+            self._discard(worker)
             self.cfg.child_exit(self, worker)
 
     # -- carrying out the pools' actions ---------------------------------------------------
@@ -550,7 +576,112 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             self.log.info("app=%s reloading: generation %d", pool.name, pool.generation + (pool.spawn_method == "smart"))
         self.manage_workers()
 
+    # -- control commands (our socket, and gunicornc on gunicorn >= 25.1) ---------------------
+
+    def _open_control(self) -> None:
+        path = self.cfg.smartspawn_socket
+        if path == "off":
+            return
+        server = ControlServer(
+            os.path.abspath(path) if path else controlmod.default_socket_path(),
+            self._command_handlers(),
+            self.log,
+        )
+        try:
+            if server.open():
+                self.control = server
+        except OSError as exc:
+            self.log.warning("smartspawn control socket %s not served: %s", server.path, exc)
+
+    def _command_handlers(self) -> dict[str, controlmod.Handler]:
+        return {"status": self._cmd_status, "memory": self._cmd_memory, "restart": self._cmd_restart, "scale": self._cmd_scale}
+
+    def _cmd_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        import gunicorn
+
+        return statusmod.snapshot(
+            self.pools,
+            self.WORKERS,
+            self.scoreboard,
+            master_pid=self.pid,
+            gunicorn_version=gunicorn.__version__,
+            started_at=self.started_at,
+            now=time.monotonic(),
+            wall=time.time(),
+        )
+
+    def _cmd_memory(self, request: dict[str, Any]) -> dict[str, Any]:
+        from gunicorn_smartspawn import memory
+
+        report: dict[str, Any] = memory.memory_report(memory.process_tree(self.pid))
+        return report
+
+    def _pool_named(self, request: dict[str, Any]) -> poolmod.AppPool:
+        name = request.get("app")
+        if not isinstance(name, str) or name not in self.pools:
+            raise CommandError(f"unknown app {name!r}: this master runs {', '.join(sorted(self.pools))}")
+        return self.pools[name]
+
+    def _cmd_restart(self, request: dict[str, Any]) -> dict[str, Any]:
+        pool = self._pool_named(request)
+        self.log.info("app=%s restart requested over the control socket", pool.name)
+        pool.request_reload(time.monotonic())
+        self.manage_workers()
+        return {"app": pool.name, "restarting": True}
+
+    def _cmd_scale(self, request: dict[str, Any]) -> dict[str, Any]:
+        pool = self._pool_named(request)
+        workers, delta = request.get("workers"), request.get("delta")
+        if isinstance(workers, int) and not isinstance(workers, bool) and delta is None:
+            target = workers
+        elif isinstance(delta, int) and not isinstance(delta, bool) and workers is None:
+            target = pool.target + delta
+        else:
+            raise CommandError('scale needs "workers": N or "delta": +N/-N (whole numbers)')
+        if target < 1:
+            raise CommandError(f"app {pool.name!r} cannot have {target} workers: expected at least 1")
+        previous = pool.target
+        if self.multi:
+            pool.target = target
+        else:
+            self.num_workers = target  # gunicorn's own count (nworkers_changed runs)
+        self.log.info("app=%s workers %d -> %d (control socket)", pool.name, previous, target)
+        self.manage_workers()
+        return {"app": pool.name, "previous": previous, "workers": target}
+
+    def _serve_thread_requests(self) -> None:
+        """Run commands that gunicornc's server thread handed to the main loop."""
+        while True:
+            try:
+                request, done, result = self._thread_requests.get_nowait()
+            except queue.Empty:
+                return
+            line = controlmod.handle_request(self._command_handlers(), self.log, json.dumps(request).encode())
+            result.append(json.loads(line))
+            done.set()
+
+    def call_from_thread(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """From another thread: have the main loop run a command, wait for its answer."""
+        done, result = threading.Event(), []  # type: ignore[var-annotated]
+        self._thread_requests.put((request, done, result))
+        self.wakeup()
+        if not done.wait(timeout):
+            return {"ok": False, "error": "the master did not answer in time"}
+        answer: dict[str, Any] = result[0]
+        return answer
+
+    def _start_control_server(self) -> None:  # gunicorn >= 25.1: gunicornc learns our commands
+        super()._start_control_server()
+        server = getattr(self, "_control_server", None)
+        if server is not None:
+            from gunicorn_smartspawn.gunicornc import extend
+
+            extend(server, self)
+
     def stop(self, graceful: bool = True) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
         sock.close_sockets([*self.LISTENERS, *self._retired_listeners], unlink)
         self.LISTENERS = []

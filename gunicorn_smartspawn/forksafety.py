@@ -10,7 +10,7 @@ while it was imported, and none of its threads (Passenger's caveats #1 and
                               each finding logged once per preloader load
     worker: right after fork, before on_event("starting_worker_process")
         prepare_worker()      fork_safety_libraries: known libraries drop their
-                                inherited connections (see LIBRARIES below)
+                                inherited connections (the _RESETS table)
                               fork_safety="fence": every other inherited
                                 connection found at preload is replaced (dup2)
                                 by a socket whose peer is gone
@@ -52,7 +52,7 @@ DOC: Final = "docs/fork-safety.md"
 EVENT: Final = 'on_event("starting_worker_process")'
 #: At most this many findings are logged one per line; the rest are counted.
 MAX_LINES: Final = 20
-#: How far up the reference graph the owner of a socket is looked for.
+#: How far up the reference graph the owner of a socket is looked for (one heap traversal each).
 _OWNER_DEPTH: Final = 3
 _CONTAINERS: Final = (dict, list, tuple, set, frozenset)
 #: Modules whose objects only wrap a socket: look past them for its owner.
@@ -184,10 +184,15 @@ def format_address(family: int, address: Any) -> str:
 
 
 def qualified_name(obj: Any) -> str:
-    """``module.QualName`` of a class or function, or of an object's class."""
-    target: Any = obj if isinstance(obj, (type, types.FunctionType, types.MethodType)) else type(obj)
-    if isinstance(target, types.MethodType):
-        target = target.__func__
+    """``module.QualName`` of a class or function, or of an object's class.
+
+    Looks only at ``type(obj)``: never ``isinstance``, which asks the object
+    for ``__class__`` (a lazy proxy answers by evaluating itself).
+    """
+    kind = type(obj)
+    target: Any = obj if issubclass(kind, (type, types.FunctionType, types.MethodType)) else kind
+    if kind is types.MethodType:
+        target = obj.__func__
     module = getattr(target, "__module__", None) or "?"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
     return name if module == "builtins" else f"{module}.{name}"
@@ -296,8 +301,13 @@ def connected_sockets(exclude_fds: Iterable[int] = ()) -> list[SocketFinding]:
 
 def _probe_socket(fd: int, inode: int) -> SocketFinding | None:
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        duplicate = os.dup(fd)
     except OSError:
+        return None
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:  # a family Python does not know
+        os.close(duplicate)
         return None
     try:
         if sock.family not in _FAMILIES:
@@ -612,30 +622,51 @@ def _heap_pass(socket_fds: set[int], wanted: dict[type, str]) -> tuple[dict[int,
     return socket_objects, by_tag
 
 
-def _owner(obj: Any, ignore: set[int]) -> str | None:
-    """Who holds ``obj``: the nearest referrer that is neither a container nor a socket wrapper."""
-    frontier: tuple[Any, ...] = (obj,)
-    seen = {id(obj)}
-    ignore = ignore | {id(frontier)}
+def _owners(sockets: dict[int, Any], ignore: set[int]) -> dict[int, str]:
+    """Who holds each socket object (by fd): the nearest referrer that is neither a
+    container nor a socket wrapper, a module for a global; one heap traversal per
+    level for all sockets together.
+    """
+    found: dict[int, str] = {}
+    frontier = list(sockets.values())
+    fds_of: dict[int, tuple[int, ...]] = {id(obj): (fd,) for fd, obj in sockets.items()}
+    seen = set(fds_of)
     for _ in range(_OWNER_DEPTH):
-        referrers = gc.get_referrers(*frontier)
-        ignore |= {id(referrers), id(frontier)}
-        following = []
+        if not frontier:
+            break
+        targets = tuple(frontier)
+        referrers = gc.get_referrers(*targets)
+        skip = ignore | {id(frontier), id(targets), id(referrers)}
+        following: list[Any] = []
+        following_fds: dict[int, tuple[int, ...]] = {}
+        candidates: dict[int, list[str]] = {}
         for ref in referrers:
-            if id(ref) in ignore or id(ref) in seen or isinstance(ref, types.FrameType):
+            kind = type(ref)  # type(), not isinstance(): see qualified_name
+            if id(ref) in skip or id(ref) in seen or kind is types.FrameType:
                 continue
             seen.add(id(ref))
-            if isinstance(ref, types.ModuleType):
-                return f"module {ref.__name__}"
-            if type(ref) in _CONTAINERS or type(ref).__module__ in _WRAPPER_MODULES:
+            fds = sorted({fd for x in gc.get_referents(ref) for fd in fds_of.get(id(x), ())} - found.keys())
+            if not fds:
+                continue
+            if issubclass(kind, types.ModuleType):
+                name = f"module {ref.__name__}"
+            elif kind in _CONTAINERS or kind.__module__ in _WRAPPER_MODULES:
                 following.append(ref)
-            elif not isinstance(ref, (type, types.FunctionType, types.CellType, types.MethodType)):
-                return qualified_name(ref)
-        if not following:
-            return None
-        frontier = tuple(following)
-        ignore |= {id(frontier), id(following)}
-    return None
+                following_fds[id(ref)] = tuple(fds)
+                continue
+            elif issubclass(kind, (type, types.FunctionType, types.CellType, types.MethodType)):
+                continue
+            else:
+                name = qualified_name(ref)
+            for fd in fds:
+                candidates.setdefault(fd, []).append(name)
+        for fd, names in candidates.items():
+            # an object's attribute says more than a module global pointing at the same socket
+            found[fd] = min(names, key=lambda n: n.startswith("module "))
+        following = [ref for ref in following if set(following_fds[id(ref)]) - found.keys()]
+        frontier, fds_of = following, following_fds
+        ignore = ignore | {id(following)}
+    return found
 
 
 def _is_log_sink(owner: str | None, sock_type: int) -> bool:
@@ -658,12 +689,14 @@ def inspect_preloader(log: Any, app_name: str, generation: int, cfg: Any, exclud
     natives = native_threads(t.native_id for t in threads)
     socket_objects, heap = _heap_pass({s.fd for s in sockets}, _wanted_types())
     known = find_libraries(heap)
-    owners: dict[int, str | None] = {}
-    ignore = {id(socket_objects), id(heap), *(id(v) for v in socket_objects.values()), *(id(v) for v in heap.values())}
-    for fd, objects in socket_objects.items():
-        owners[fd] = _owner(objects[0], ignore)
-    del socket_objects, heap
     library_of = {fd: lib for lib in known for fd, _ in lib.fds}
+    owners: dict[int, str] = {}
+    if mode != "off":  # owners are for the log only
+        unknown = {fd: objects[0] for fd, objects in socket_objects.items() if fd not in library_of}
+        ignore = {id(socket_objects), id(heap), id(unknown), *map(id, socket_objects.values()), *map(id, heap.values())}
+        owners = _owners(unknown, ignore)
+        del unknown
+    del socket_objects, heap
     annotated = []
     for found in sockets:
         owner = owners.get(found.fd)

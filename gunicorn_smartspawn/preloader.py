@@ -176,7 +176,7 @@ class Preloader:
             self.decoder.feed(data, fds)
             for message, message_fds in self.decoder:
                 if isinstance(message, SpawnWorker):
-                    self._spawn(message.age, message_fds[0])
+                    self._spawn(message.age, message_fds[0], message.slot)
 
     def _send(self, message: Any) -> None:
         try:
@@ -186,7 +186,7 @@ class Preloader:
 
     # -- spawning -----------------------------------------------------------------------
 
-    def _spawn(self, age: int, heartbeat_fd: int) -> None:
+    def _spawn(self, age: int, heartbeat_fd: int, slot: int = -1) -> None:
         if self.gc_freeze:
             gc.freeze()  # objects created since the last fork join the shared image
         started = time.perf_counter()
@@ -198,7 +198,7 @@ class Preloader:
                 self._send(SpawnFailed(age=age, error=str(exc)))
                 return
             if pid == 0:
-                self._worker(age, heartbeat_fd)
+                self._worker(age, heartbeat_fd, slot)
             os.close(heartbeat_fd)
             fork_ms = (time.perf_counter() - started) * 1000.0
             self._send(WorkerSpawned(age=age, pid=pid, fork_ms=round(fork_ms, 3)))
@@ -214,7 +214,7 @@ class Preloader:
             return
         if intermediate == 0:
             os.close(read_end)
-            self._intermediate(age, heartbeat_fd, write_end)
+            self._intermediate(age, heartbeat_fd, write_end, slot)
         os.close(write_end)
         os.close(heartbeat_fd)
         data = _read_all(read_end, _PID.size)
@@ -227,20 +227,20 @@ class Preloader:
         (pid,) = _PID.unpack(data)
         self._send(WorkerSpawned(age=age, pid=pid, fork_ms=round(fork_ms, 3)))
 
-    def _intermediate(self, age: int, heartbeat_fd: int, write_end: int) -> NoReturn:
+    def _intermediate(self, age: int, heartbeat_fd: int, write_end: int, slot: int) -> NoReturn:
         try:
             pid = os.fork()
         except OSError:
             os._exit(INTERMEDIATE_FORK_ERROR)
         if pid == 0:
             os.close(write_end)
-            self._worker(age, heartbeat_fd)
+            self._worker(age, heartbeat_fd, slot)
         try:
             os.write(write_end, _PID.pack(pid))
         finally:
             os._exit(0)
 
-    def _worker(self, age: int, heartbeat_fd: int) -> NoReturn:
+    def _worker(self, age: int, heartbeat_fd: int, slot: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.sock.close()  # a worker never holds a channel to its preloader
         deadline = time.monotonic() + REPARENT_DEADLINE
@@ -251,7 +251,12 @@ class Preloader:
         if self.gc_freeze:
             gc.enable()
         forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
-        worker_module.spawn_context = worker_module.SpawnContext(app_name=self.app_name, forked=True)
+        worker_module.spawn_context = worker_module.SpawnContext(
+            app_name=self.app_name,
+            forked=True,
+            scoreboard=getattr(self.arbiter, "scoreboard", None),
+            slot=slot if slot >= 0 else None,
+        )
         sockets = list(self.listeners)
         if not sockets and getattr(self.cfg, "reuse_port", False):
             sockets = gsock.create_sockets(self.cfg, self.log)  # gunicorn >= 27 --reuse-port: per worker

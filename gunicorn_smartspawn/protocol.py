@@ -48,9 +48,12 @@ def _cut(text: str) -> str:
 
 @dataclass(frozen=True)
 class SpawnWorker:
-    """Command: fork a worker of this ``age``; carries its heartbeat file."""
+    """Command: fork a worker of this ``age``; carries its heartbeat file.
+
+    ``slot`` is its scoreboard slot, -1 for none."""
 
     age: int
+    slot: int = -1
     FDS: ClassVar[int] = 1
 
 

@@ -221,6 +221,31 @@ class Apps(Setting):  # type: ignore[misc]
         docs/multi-app.md.
         """
 
+
+def validate_socket_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"smartspawn_socket={value!r} is not valid: expected a path, or 'off'")
+    return value
+
+
+class SmartspawnSocket(Setting):  # type: ignore[misc]
+    name = "smartspawn_socket"
+    section = SECTION
+    cli = ["--smartspawn-socket"]
+    meta = "PATH"
+    validator = validate_socket_path
+    default = None
+    desc = """\
+        Unix socket where the master answers ``smartspawn status``, ``memory``, ``restart`` and ``scale``.
+
+        Owner-only (mode 0600). The default is
+        ``$XDG_RUNTIME_DIR/gunicorn-smartspawn.sock``, or
+        ``~/.gunicorn/smartspawn.sock`` without XDG_RUNTIME_DIR. ``off``
+        serves none. See docs/tools.md.
+        """
+
 # -- fork safety -----------------------------------------------------------------------
 
 FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
@@ -279,4 +304,4 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("apps", "spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")
+PLUGIN_SETTINGS: Final = ("apps", "smartspawn_socket", "spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")

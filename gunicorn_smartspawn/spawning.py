@@ -68,6 +68,7 @@ class Spawning:
     _pending_workers: dict[int, Any]
     _worker_app: dict[int, str]
     reexec_pid: int
+    scoreboard: Any
 
     def _master_private_fds(self) -> list[int]:
         raise NotImplementedError
@@ -161,20 +162,29 @@ class Spawning:
 
     def _new_worker(self, spec: AppSpec, forked: bool) -> Any:
         self.worker_age += 1
+        slot = self.scoreboard.assign()
         worker_module.spawn_context = worker_module.SpawnContext(
-            app_name=spec.name, forked=forked, private_fds=() if forked else tuple(self._private_fds())
+            app_name=spec.name,
+            forked=forked,
+            private_fds=() if forked else tuple(self._private_fds()),
+            scoreboard=self.scoreboard,
+            slot=slot,
         )
-        return self.worker_class(
+        worker = self.worker_class(
             self.worker_age, self.pid, spec.listeners, spec.app, spec.cfg.timeout / 2.0, spec.cfg, self.log
         )
+        worker.created_at = time.time()
+        return worker
 
     def _request_spawn(self, pool: poolmod.AppPool, handle: PreloaderHandle, now: float) -> None:
         assert handle.channel is not None
         worker = self._new_worker(self.specs[pool.name], forked=True)
         self.cfg.pre_fork(self, worker)
         try:
-            handle.channel.send(SpawnWorker(age=worker.age), [worker.tmp.fileno()])
+            slot = worker.scoreboard_index
+            handle.channel.send(SpawnWorker(age=worker.age, slot=-1 if slot is None else slot), [worker.tmp.fileno()])
         except OSError as exc:
+            self.scoreboard.release(worker.scoreboard_index)
             worker.tmp.close()
             self.log.error("app=%s preloader pid=%d unreachable (%s); stopping it", pool.name, handle.pid, exc)
             self._close_channel(handle)
@@ -220,9 +230,10 @@ class Spawning:
         raise NotImplementedError
 
     def kill_worker(self, pid: int, sig: int) -> None:
-        known = pid in self.WORKERS
+        worker = self.WORKERS.get(pid)
         super().kill_worker(pid, sig)  # type: ignore[misc]
-        if known and pid not in self.WORKERS:  # it was already gone (ESRCH)
+        if worker is not None and pid not in self.WORKERS:  # it was already gone (ESRCH)
+            self.scoreboard.release(getattr(worker, "scoreboard_index", None))
             app_name = self._worker_app.pop(pid, None)
             if app_name in self.pools:
                 self.pools[app_name].worker_exited(pid, 0, time.monotonic())

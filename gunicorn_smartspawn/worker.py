@@ -41,6 +41,8 @@ class SpawnContext:
     app_name: str = "default"
     forked: bool = False
     private_fds: tuple[int, ...] = ()
+    scoreboard: Any = None
+    slot: int | None = None
 
 
 #: Set by the master right before it constructs a worker object.
@@ -65,6 +67,9 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         self.app_name = spawn_context.app_name
         self.forked = spawn_context.forked
         self.private_fds = spawn_context.private_fds
+        self.scoreboard_index = spawn_context.slot
+        self._scoreboard = spawn_context.scoreboard
+        self._score: Any = None
         # WorkerTmp.notify() writes a monotonic clock reading over the file's
         # creation time: any change from this mark is the first heartbeat.
         self.first_heartbeat_mark = self.tmp.last_update()
@@ -99,6 +104,8 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             except OSError:
                 pass
         self.private_fds = ()
+        if self._scoreboard is not None:
+            self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.cfg.threads > 1)
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -114,6 +121,16 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         if not self.forked:
             # direct spawning: the app registered its callbacks while this worker imported it
             events.fire(events.STARTING_WORKER_PROCESS, False)
+
+    def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        score = self._score
+        if score is None:
+            return super().handle_request(*args, **kwargs)
+        score.begin()
+        try:
+            return super().handle_request(*args, **kwargs)
+        finally:
+            score.end()
 
     def run(self) -> None:
         try:

@@ -36,10 +36,12 @@ def test_gunicorn_hooks_and_events_run_where_documented(server_factory, tmp_path
     server.signal(signal.SIGTTIN)
     server.wait_workers(2)
     wait_for(lambda: any(h["hook"] == "nworkers_changed" and h["new"] == 2 for h in hook_log(log)), what="nworkers")
+    before_hup = set(server.workers())
     server.signal(signal.SIGHUP)
     wait_for(lambda: any(h["hook"] == "on_reload" for h in hook_log(log)), what="on_reload")
-    # HUP re-reads the configuration: back to -w 1, as in stock gunicorn
-    wait_for(lambda: not {worker} & set(server.workers()) and len(server.workers()) == 1, timeout=20, what="rotation")
+    # HUP re-reads the configuration: back to -w 1, as in stock gunicorn, served by a new generation
+    wait_for(lambda: not before_hup & set(server.workers()) and len(server.workers()) == 1, timeout=20,
+             what="rotation to a new generation")
     server.signal(signal.SIGTERM)
     assert server.wait_exit() == 0
     hooks = hook_log(log)

@@ -80,7 +80,7 @@ def test_every_message_type_is_covered() -> None:
 def test_header_is_big_endian_u32_of_the_json_length() -> None:
     data = encode(SpawnWorker(age=1))
     assert data[:4] == len(data[4:]).to_bytes(4, "big")
-    assert json.loads(data[4:]) == {"type": "SpawnWorker", "age": 1}
+    assert json.loads(data[4:]) == {"type": "SpawnWorker", "age": 1, "slot": -1}
 
 
 def test_float_field_accepts_a_json_integer() -> None:

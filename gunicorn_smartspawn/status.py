@@ -1,0 +1,90 @@
+"""What ``smartspawn status`` shows: a snapshot of the pools, as plain data.
+
+Built in the master from the pool state, the worker objects and the
+scoreboard; pure apart from reading the clock it is given. The schema is
+documented in docs/tools.md and versioned by :data:`PROTOCOL`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from gunicorn_smartspawn import __version__
+from gunicorn_smartspawn.pool import AppPool
+from gunicorn_smartspawn.scoreboard import Scoreboard
+
+PROTOCOL: Final = 1
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def app_status(pool: AppPool, workers: Mapping[int, Any], scoreboard: Scoreboard | None, now: float, wall: float) -> dict[str, Any]:
+    """One app: its state, its preloader and its workers (``now`` monotonic, ``wall`` epoch)."""
+    preloader = pool.preloader or pool.candidate
+    rows = []
+    for pid, state in sorted(pool.workers.items(), key=lambda item: item[1].age):
+        requests = busy = last_ago = None
+        worker = workers.get(pid)
+        index = getattr(worker, "scoreboard_index", None) if worker is not None else None
+        if scoreboard is not None and index is not None:
+            slot = scoreboard.read(index)
+            if slot.pid == pid:
+                requests, busy = slot.requests, slot.busy > 0
+                last_ago = _round(wall - slot.last_request) if slot.last_request else None
+        rows.append(
+            {
+                "pid": pid,
+                "age": state.age,
+                "generation": state.generation,
+                "forked": state.forked,
+                "ready": state.ready,
+                "uptime": _round(now - state.started_at),
+                "requests": requests,
+                "busy": busy,
+                "last_request_ago": last_ago,
+            }
+        )
+    return {
+        "name": pool.name,
+        "spawn_method": pool.spawn_method,
+        "state": pool.state,
+        "last_error": pool.last_error,
+        "retry_in": _round(pool.retry_at - now) if pool.retry_at > now else None,
+        "target": pool.target,
+        "generation": pool.generation,
+        "preloader": None
+        if preloader is None
+        else {
+            "pid": preloader.pid,
+            "generation": preloader.generation,
+            "loaded_in": _round(preloader.load_seconds),
+            "idle_for": _round(now - preloader.last_used),
+            "idle_timeout": pool.idle_timeout,
+        },
+        "workers": rows,
+    }
+
+
+def snapshot(
+    pools: Mapping[str, AppPool],
+    workers: Mapping[int, Any],
+    scoreboard: Scoreboard | None,
+    *,
+    master_pid: int,
+    gunicorn_version: str,
+    started_at: float,
+    now: float,
+    wall: float,
+) -> dict[str, Any]:
+    return {
+        "master": {
+            "pid": master_pid,
+            "gunicorn": gunicorn_version,
+            "smartspawn": __version__,
+            "uptime": _round(wall - started_at),
+        },
+        "apps": [app_status(pool, workers, scoreboard, now, wall) for pool in pools.values()],
+    }
