@@ -69,6 +69,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         self._retired_listeners: list[Any] = []
         self.multi = False
         self.scoreboard = Scoreboard()  # mapped before anything forks: every child shares it
+        self._gauges: dict[str, int] = {}
         self.control: ControlServer | None = None
         self._thread_requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[Any]]] = queue.SimpleQueue()
         self.started_at = time.time()
@@ -368,6 +369,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 os.close(fd)
             if isinstance(message, PreloaderReady):
                 pool.preloader_ready(handle.pid, message.load_seconds, now)
+                self._histogram(f"smartspawn.{handle.app_name}.preloader_load_ms", round(message.load_seconds * 1000, 3))
                 self.log.info(
                     "app=%s preloader gen=%d pid=%d ready, loaded in %.2fs",
                     handle.app_name, handle.generation, handle.pid, message.load_seconds,
@@ -407,6 +409,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             "app=%s worker pid=%d age=%d gen=%d forked in %.1fms by preloader pid=%d",
             pool.name, message.pid, message.age, handle.generation, message.fork_ms, handle.pid,
         )
+        self._histogram(f"smartspawn.{pool.name}.spawn_ms", message.fork_ms)
         status = pool.worker_spawned(message.age, message.pid, now)
         if status is not None:  # it exited before its WorkerSpawned arrived
             self.WORKERS.pop(message.pid, None)
@@ -438,6 +441,9 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         if self._retired_listeners and not self._old_generation_alive():
             listenersmod.close(self._retired_listeners, unlink=False)
             self._retired_listeners = []
+        for name, pool in self.pools.items():
+            self._gauge(f"smartspawn.{name}.workers", len(pool.workers))
+            self._gauge(f"smartspawn.{name}.preloader_up", int(pool.preloader is not None and pool.preloader.ready))
         count = len(self.WORKERS)
         if self._last_logged_active_worker_count != count:
             self._last_logged_active_worker_count = count
@@ -445,6 +451,19 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 "{0} workers".format(count),
                 extra={"metric": "gunicorn.workers", "value": count, "mtype": "gauge"},
             )
+
+    def _gauge(self, metric: str, value: int) -> None:
+        """A statsd gauge through gunicorn's logger, sent when the value changes."""
+        if self._gauges.get(metric) == value:
+            return
+        self._gauges[metric] = value
+        if value == 0 and hasattr(self.log, "gauge"):
+            self.log.gauge(metric, 0)  # gunicorn's metric extras skip a value of 0
+        else:
+            self.log.debug("", extra={"metric": metric, "value": value, "mtype": "gauge"})
+
+    def _histogram(self, metric: str, value: float) -> None:
+        self.log.debug("", extra={"metric": metric, "value": value, "mtype": "histogram"})
 
     def _check_restart_files(self, now: float) -> None:
         """Passenger's restart.txt: a new mtime restarts that app alone."""

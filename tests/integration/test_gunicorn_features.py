@@ -252,3 +252,29 @@ def test_worker_parent_is_master_after_many_spawns(server_factory):
     server = server_factory(*SMART, "-w", "4", "probe_app:app")
     workers = server.wait_workers(4)
     assert all(read_stat(p)[1] == server.pid for p in workers)
+
+
+def test_statsd_receives_per_app_gauges_and_spawn_timings(server_factory):
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.2)
+    try:
+        port = udp.getsockname()[1]
+        server = server_factory(*SMART, "-w", "2", "--statsd-host", f"127.0.0.1:{port}", "--statsd-prefix", "site",
+                                "probe_app:app")
+        server.wait_workers(2)
+        seen: list[str] = []
+
+        def received(*names: str) -> bool:
+            try:
+                while True:
+                    seen.extend(udp.recv(65536).decode().splitlines())
+            except OSError:
+                pass
+            return all(any(line.startswith(name) for line in seen) for name in names)
+
+        wait_for(lambda: received("site.smartspawn.probe_app.workers:2|g", "site.smartspawn.probe_app.preloader_up:1|g",
+                                  "site.smartspawn.probe_app.spawn_ms:", "site.smartspawn.probe_app.preloader_load_ms:"),
+                 what="the plugin's metrics")
+    finally:
+        udp.close()

@@ -9,7 +9,8 @@ registers the docs' pattern: reconnect and restart the thread in
 GET /kv?<key> sets ``key`` to a value derived from it, gets it back and
 answers {"pid", "ok", "wrong", "error"}; on any error the client closes its
 socket and reconnects on the next request (what pymemcache does).
-GET /threads answers the names of the live threads.
+GET /threads answers the names of the live threads; GET / the pid and the
+local address of the connection opened at import.
 """
 
 import json
@@ -85,6 +86,7 @@ class RawMemcache:
 host, _, port = os.environ["FS_MEMCACHED"].rpartition(":")
 CACHE = RawMemcache((host, int(port)))
 CACHE.set(b"fs-import", b"1")
+IMPORT_ADDRESS = "%s:%d" % CACHE.sock.getsockname()[:2]  # the preloader's connection, as memcached lists it
 
 _stop = threading.Event()
 
@@ -135,7 +137,7 @@ def app(environ, start_response):
             result["error"] = f"{type(exc).__name__}: {exc}"
             CACHE.close()  # reconnect on the next request
     else:
-        result = {"pid": os.getpid()}
+        result = {"pid": os.getpid(), "import_address": IMPORT_ADDRESS}
     body = json.dumps(result).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
