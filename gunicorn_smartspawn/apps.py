@@ -92,6 +92,7 @@ KEYS: Final[dict[str, tuple[Callable[[Any], Any], str | None]]] = {
     "threads": (_positive_int, "threads"),
     "spawn_method": (_choice("smart", "direct"), "spawn_method"),
     "preloader_idle_timeout": (_non_negative_int, "preloader_idle_timeout"),
+    "preloader_start_timeout": (_non_negative_int, "preloader_start_timeout"),
     "gc_freeze": (_bool, "gc_freeze"),
     "smart_fork": (_choice("auto", "double-fork"), "smart_fork"),
     "fork_safety": (_choice("warn", "fence", "off"), "fork_safety"),

@@ -44,6 +44,8 @@ from gunicorn_smartspawn.protocol import PreloaderFailed, PreloaderReady, SpawnF
 
 #: gunicorn 23 waits with select() on a self-pipe; 25+ with a queue.
 _QUEUE_LOOP = hasattr(Arbiter, "wait_for_signals")
+#: The module name gunicorn gives a configuration file it executes.
+CONFIG_MODULE = "__config__"
 
 
 class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
@@ -70,6 +72,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         self.multi = False
         self.scoreboard = Scoreboard()  # mapped before anything forks: every child shares it
         self._gauges: dict[str, int] = {}
+        self._reported_failure: dict[str, tuple[int, str | None]] = {}
         self.control: ControlServer | None = None
         self._thread_requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[Any]]] = queue.SimpleQueue()
         self.started_at = time.time()
@@ -93,7 +96,13 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 "Use --spawn-method=direct"
             )
         if cfg.preload_app:
-            if "direct" in methods:
+            if "direct" in methods and self.log is not None:  # a reload: keep serving, say why
+                cfg.set("preload_app", False)
+                self._setup_notes.append(
+                    "preload_app=True is ignored: it conflicts with spawn_method='direct' (it would import "
+                    "the app in the master); the master refused it at start and ignores it on reload"
+                )
+            elif "direct" in methods:
                 raise RuntimeError(
                     "preload_app=True (--preload) conflicts with spawn_method='direct': it would import "
                     "the app in the master. Use --spawn-method=smart to preload it in a preloader"
@@ -102,6 +111,12 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             self._setup_notes.append(
                 "preload_app=True is ignored with spawn_method='smart': the app is preloaded in its "
                 "preloader process, not in the master"
+            )
+        if cfg.reload and "smart" in methods:
+            self._setup_notes.append(
+                "reload=True (--reload) restarts workers from the preloader, which keeps the code it "
+                "imported: to load changed code, send HUP or touch tmp/restart.txt, or use "
+                "--spawn-method=direct with --reload"
             )
         super().setup(app)
         for note in self._setup_notes:
@@ -149,6 +164,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                     spawn_method=method,
                     target=target,
                     idle_timeout=float(spec.cfg.preloader_idle_timeout),
+                    start_timeout=float(spec.cfg.preloader_start_timeout),
                     halt_on_boot_failure=not self.multi,
                 )
                 continue
@@ -159,6 +175,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 )
             pool.target = target
             pool.idle_timeout = float(spec.cfg.preloader_idle_timeout)
+            pool.start_timeout = float(spec.cfg.preloader_start_timeout)
 
     # -- start, signals, the wait ------------------------------------------------------------
 
@@ -434,7 +451,14 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                     worker = self.WORKERS.get(pid)
                     if worker is not None and worker.has_heartbeat():
                         pool.worker_ready(pid)
-            for action in pool.tick(now):
+            actions = pool.tick(now)
+            if (pool.failures, pool.last_error) != self._reported_failure.get(name) and pool.failures:
+                self._reported_failure[name] = (pool.failures, pool.last_error)
+                self.log.error(
+                    "app=%s %s (failure %d in a row; next try in %.0fs)",
+                    name, pool.last_error, pool.failures, max(0.0, pool.retry_at - now),
+                )
+            for action in actions:
                 self._perform(pool, action, now)
             if self.specs[name].removed:
                 self._drop_removed_app(name)
@@ -510,6 +534,11 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
             else:
                 self.kill_worker(pid, signal.SIGKILL)
 
+    def handle_usr1(self) -> None:
+        super().handle_usr1()
+        for pid in list(self.preloaders):
+            self._kill(pid, signal.SIGUSR1)
+
     def handle_ttin(self) -> None:
         if not self.multi:
             super().handle_ttin()
@@ -565,7 +594,7 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
                 os.environ[k] = self.cfg.env_orig[k]
             else:
                 os.environ.pop(k, None)
-        events.clear()  # gunicorn.conf.py registers its callbacks again
+        events.clear(module=CONFIG_MODULE)  # gunicorn.conf.py registers its callbacks again
         self.app.reload()
         self.setup(self.app)
         self.log.reopen_files()

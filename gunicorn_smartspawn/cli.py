@@ -150,15 +150,16 @@ def _local_memory(pid: int, app: str) -> memory.MemoryInfo | None:
 def _app_lines(app: Mapping[str, Any], read_proc: bool) -> list[str]:
     name = str(app["name"])
     workers = app["workers"]
-    header = (
-        f"{clip(name, 40)}  {app['spawn_method']}  {app['state']}  "
+    retry = app.get("retry_in")
+    rest = (
+        f"  {app['spawn_method']}  {app['state']}{f' (retry in {duration(retry)})' if retry is not None else ''}  "
         f"{len(workers)} worker{'s' if len(workers) != 1 else ''} (target {app['target']})  gen {app['generation']}"
     )
-    lines = [clip(header, WIDTH)]
+    lines = [clip(clip(name, max(20, WIDTH - len(rest))) + rest, WIDTH)]
     if app.get("last_error"):
-        retry = app.get("retry_in")
-        after = f"  (retry in {duration(retry)})" if retry is not None else ""
-        lines.append(clip(f"  error: {clip(last_line(str(app['last_error'])), WIDTH - 10 - len(after))}{after}", WIDTH))
+        wrapped = textwrap.wrap(last_line(str(app["last_error"])), WIDTH, initial_indent="  error: ",
+                                subsequent_indent=" " * 9, max_lines=3, placeholder=" ...")
+        lines.extend(wrapped)
     preloader = app.get("preloader")
     if preloader is not None:
         timeout = preloader["idle_timeout"]
@@ -168,7 +169,7 @@ def _app_lines(app: Mapping[str, Any], read_proc: bool) -> list[str]:
             f"  preloader {preloader['pid']}  gen {preloader['generation']}  {loaded}  "
             f"idle {duration(preloader['idle_for'])} ({stops})"
         )
-    elif app["spawn_method"] == "smart":
+    elif app["spawn_method"] == "smart" and app["state"] in ("running", "starting"):
         lines.append("  preloader: none running (one starts when a worker is needed)")
     if workers:
         lines.append(_WORKER_HEAD)

@@ -19,6 +19,8 @@ PRELOADER_EXIT_OK = 0
 PRELOADER_LOAD_ERROR = 12
 #: The preloader broke in its own loop (a bug, or a hostile message).
 PRELOADER_CRASHED = 13
+#: The master's end of the channel sent a frame the preloader refuses.
+PRELOADER_PROTOCOL_ERROR = 16
 #: The double-fork intermediate could not fork the worker.
 INTERMEDIATE_FORK_ERROR = 14
 #: A forked worker never saw the master become its parent.

@@ -76,7 +76,11 @@ def fire(name: str, *args: Any) -> None:
         fn(*args)
 
 
-def clear() -> None:
-    """Forget every registration (the master does this before re-reading its config on HUP)."""
+def clear(module: str | None = None) -> None:
+    """Forget registrations: every one, or those of functions defined in ``module``.
+
+    On HUP the master forgets what ``gunicorn.conf.py`` registered before it
+    executes the file again; callbacks of modules the file imports stay, as
+    those modules are not executed again."""
     for registered in _callbacks.values():
-        registered.clear()
+        registered[:] = [fn for fn in registered if module is not None and getattr(fn, "__module__", None) != module]

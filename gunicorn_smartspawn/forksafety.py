@@ -679,11 +679,27 @@ def inspect_preloader(log: Any, app_name: str, generation: int, cfg: Any, exclud
 
     Finds what workers inherit and cannot use as is, logs it once (this runs
     once per preloader load), and returns it for :func:`prepare_worker`.
+    Must run before the preloader's ``gc.freeze()``: frozen objects are not
+    in ``gc.get_objects()``. A failure here is logged and never stops the
+    app from loading.
     """
     mode = getattr(cfg, "fork_safety", "warn")
     libraries = bool(getattr(cfg, "fork_safety_libraries", True))
     if mode == "off" and not libraries:
         return Findings()
+    prefix = f"app={app_name} preloader gen={generation} pid={os.getpid()} fork safety: "
+    try:
+        findings = _inspect(mode, exclude_fds)
+    except Exception as exc:
+        log.error("%scould not inspect the preloader (%s: %s); workers get no fork-safety help", prefix, type(exc).__name__, exc)
+        return Findings()
+    if mode != "off":
+        for level, message in report(findings, mode=mode, libraries=libraries):
+            (log.warning if level >= logging.WARNING else log.info)(prefix + message)
+    return findings
+
+
+def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
     sockets = connected_sockets(exclude_fds)
     threads = python_threads()
     natives = native_threads(t.native_id for t in threads)
@@ -711,12 +727,7 @@ def inspect_preloader(log: Any, app_name: str, generation: int, cfg: Any, exclud
                 library=lib.library if lib else None, library_label=lib.label if lib else None,
             )
         )
-    findings = Findings(tuple(annotated), tuple(threads), tuple(natives), tuple(known))
-    if mode != "off":
-        prefix = f"app={app_name} preloader gen={generation} pid={os.getpid()} fork safety: "
-        for level, message in report(findings, mode=mode, libraries=libraries):
-            (log.warning if level >= logging.WARNING else log.info)(prefix + message)
-    return findings
+    return Findings(tuple(annotated), tuple(threads), tuple(natives), tuple(known))
 
 
 # -- the worker: making the inheritance safe -----------------------------------------------------------
@@ -774,8 +785,13 @@ def prepare_worker(findings: Findings, cfg: Any, log: Any) -> None:
     fenced = []
     if getattr(cfg, "fork_safety", "warn") == "fence":
         for found in findings.sockets:
-            if found.harmless is None and fence(found.fd, found.inode, found.type):
-                fenced.append(found.peer)
+            if found.harmless is not None:
+                continue
+            try:
+                if fence(found.fd, found.inode, found.type):
+                    fenced.append(found.peer)
+            except OSError as exc:  # out of descriptors, for one
+                log.error("fork safety: worker pid=%d could not fence %s (%s)", os.getpid(), describe_socket(found), exc)
     if done or fenced:
         log.debug(
             "fork safety: worker pid=%d reset %s; fenced %s",

@@ -119,6 +119,7 @@ class AppPool:
     spawn_method: SpawnMethod
     target: int
     idle_timeout: float = 300.0
+    start_timeout: float = 90.0
     #: A single-app server exits with gunicorn's code when its app never came up.
     halt_on_boot_failure: bool = True
 
@@ -156,7 +157,8 @@ class AppPool:
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = None
-        self.ever_ready = True
+        # (not ever_ready: an app counts as up once a worker serves, so that a
+        # single app whose workers cannot boot still halts as gunicorn does)
         if state is self.candidate:
             old = self.preloader
             if old is not None:
@@ -270,6 +272,32 @@ class AppPool:
         actions: list[Action] = []
         may_start = now >= self.retry_at
 
+        for loading in (self.preloader, self.candidate):
+            if (
+                loading is not None
+                and not loading.ready
+                and not loading.failed
+                and self.start_timeout > 0
+                and now - loading.started_at > self.start_timeout
+            ):
+                loading.failed = True
+                self._record_failure(
+                    f"preloader pid={loading.pid} did not load the app within {self.start_timeout:g}s "
+                    "(preloader_start_timeout): killed",
+                    now,
+                    APP_LOAD_ERROR,
+                )
+                # detached now; its spawn requests stay pending until it is
+                # reaped, so that preloader_exited hands them back to the master
+                if loading is self.preloader:
+                    self.preloader = None
+                else:
+                    self.candidate = None
+                self._retire_preloader(loading, "start timeout")
+                if self.halt is not None:
+                    return [*self._stop_actions(), self.halt]
+                may_start = now >= self.retry_at
+
         if self.reload_requested and self.candidate is None and may_start:
             self.reload_requested = False
             actions.append(StartPreloader(self.generation + 1))
@@ -321,9 +349,9 @@ class AppPool:
             return "failed"
         if self.last_error is not None and self.failures:
             return "backing off"
-        if not self.ever_ready:
-            return "starting"
-        return "running"
+        if self.ever_ready or (self.preloader is not None and self.preloader.ready):
+            return "running"
+        return "starting"
 
     def preloader_pids(self) -> list[int]:
         states = [self.preloader, self.candidate, *self.retiring_preloaders.values()]

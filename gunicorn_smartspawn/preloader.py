@@ -39,10 +39,13 @@ from gunicorn_smartspawn.errors import (
     PRELOADER_CRASHED,
     PRELOADER_EXIT_OK,
     PRELOADER_LOAD_ERROR,
+    PRELOADER_PROTOCOL_ERROR,
     WORKER_REPARENT_TIMEOUT,
+    ProtocolError,
 )
 from gunicorn_smartspawn.protocol import (
     COMMANDS,
+    _cut,
     FrameDecoder,
     PreloaderFailed,
     PreloaderReady,
@@ -56,7 +59,7 @@ from gunicorn_smartspawn.protocol import (
 REPARENT_DEADLINE = 5.0
 _PID = struct.Struct("!q")
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
-_IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGTTIN", "SIGTTOU", "SIGWINCH")
+_IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR2", "SIGTTIN", "SIGTTOU", "SIGWINCH")
 
 
 class Preloader:
@@ -102,6 +105,9 @@ class Preloader:
         # SIGTERM (systemd stopping the whole unit, an operator): leave quietly;
         # the master starts another preloader when it next needs one
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # USR1 (log rotation): the master passes it on, so that workers forked
+        # later inherit the new files, not the rotated ones
+        signal.signal(signal.SIGUSR1, lambda sig, frame: self.log.reopen_files())
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.sock.settimeout(None)
         util._setproctitle(f"preloader [{self.app_name}]")
@@ -124,7 +130,8 @@ class Preloader:
                 "app=%s preloader gen=%d pid=%d failed to load the app: %s\n%s",
                 self.app_name, self.generation, os.getpid(), error, tb,
             )
-            self._send(PreloaderFailed(error=error.splitlines()[0] if error else type(exc).__name__, traceback=tb))
+            first_line = error.splitlines()[0] if error else type(exc).__name__
+            self._send(PreloaderFailed(error=_cut(first_line), traceback=_cut(tb)))
             return False
         load_seconds = time.perf_counter() - started
         self.fork_findings = forksafety.inspect_preloader(
@@ -174,9 +181,18 @@ class Preloader:
                     os.close(fd)
                 return  # EOF: the master closed the channel or is gone
             self.decoder.feed(data, fds)
-            for message, message_fds in self.decoder:
-                if isinstance(message, SpawnWorker):
-                    self._spawn(message.age, message_fds[0], message.slot)
+            try:
+                for message, message_fds in self.decoder:
+                    if isinstance(message, SpawnWorker):
+                        self._spawn(message.age, message_fds[0], message.slot)
+            except ProtocolError as exc:
+                # only the master holds the other end: a bad frame means a bug or a
+                # compromised peer; spawn nothing more and leave, the master restarts one
+                self.log.error("app=%s preloader pid=%d refuses a frame from the master: %s; exiting",
+                               self.app_name, os.getpid(), exc)
+                for fd in self.decoder.leftover_fds():
+                    os.close(fd)
+                worker_module.leave(PRELOADER_PROTOCOL_ERROR)
 
     def _send(self, message: Any) -> None:
         try:
@@ -243,6 +259,8 @@ class Preloader:
     def _worker(self, age: int, heartbeat_fd: int, slot: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.sock.close()  # a worker never holds a channel to its preloader
+        for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE
         while os.getppid() != self.master_pid:  # double fork: until the intermediate is gone
             if time.monotonic() > deadline or os.getppid() == 1:

@@ -43,6 +43,7 @@ MAX_TEXT: Final = 32 * 1024
 
 
 def _cut(text: str) -> str:
+    """``text`` cut to ``MAX_TEXT`` characters, marked, so that a frame always fits."""
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
 
 

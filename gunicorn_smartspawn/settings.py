@@ -238,12 +238,48 @@ class SmartspawnSocket(Setting):  # type: ignore[misc]
     validator = validate_socket_path
     default = None
     desc = """\
-        Unix socket where the master answers ``smartspawn status``, ``memory``, ``restart`` and ``scale``.
+        Unix socket where the master answers the smartspawn status and memory tools.
+
+        It also takes ``smartspawn restart APP`` and ``smartspawn scale APP N``.
 
         Owner-only (mode 0600). The default is
         ``$XDG_RUNTIME_DIR/gunicorn-smartspawn.sock``, or
         ``~/.gunicorn/smartspawn.sock`` without XDG_RUNTIME_DIR. ``off``
         serves none. See docs/tools.md.
+        """
+
+
+def validate_start_timeout(value: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = int(value.strip()) if isinstance(value, str) else int(value)
+        if seconds != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        seconds = -1
+    if seconds < 0:
+        raise ConfigError(
+            f"preloader_start_timeout={value!r} is not valid: expected a whole number of seconds >= 0 (0 waits forever)"
+        )
+    return seconds
+
+
+class PreloaderStartTimeout(Setting):  # type: ignore[misc]
+    name = "preloader_start_timeout"
+    section = SECTION
+    cli = ["--preloader-start-timeout"]
+    meta = "SECONDS"
+    type = int
+    validator = validate_start_timeout
+    default = 90
+    desc = """\
+        Kill a preloader that has not loaded its app after this many seconds.
+
+        As Passenger's ``start_timeout``: an import that hangs (a database
+        that never answers, a deadlock) is killed, logged as a failure, and
+        the app backs off and tries again; a single app that never came up
+        makes the master exit with code 4. ``0`` waits forever.
         """
 
 # -- fork safety -----------------------------------------------------------------------
@@ -304,4 +340,4 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("apps", "smartspawn_socket", "spawn_method", "preloader_idle_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")
+PLUGIN_SETTINGS: Final = ("apps", "smartspawn_socket", "spawn_method", "preloader_idle_timeout", "preloader_start_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")

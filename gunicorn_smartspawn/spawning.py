@@ -37,7 +37,9 @@ class PreloaderHandle:
 
 def child_pids(parent: int) -> list[int]:
     """Pids whose parent is ``parent``, read from /proc."""
-    pids = []
+    pids: list[int] = []
+    if not os.path.isdir("/proc"):
+        return pids  # not Linux: nothing to sweep (only direct spawning runs there)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -69,6 +71,7 @@ class Spawning:
     _worker_app: dict[int, str]
     reexec_pid: int
     scoreboard: Any
+    num_workers: int
 
     def _master_private_fds(self) -> list[int]:
         raise NotImplementedError
@@ -140,8 +143,10 @@ class Spawning:
         pool = self.pools.get(handle.app_name)
         state = pool.retiring_preloaders.get(pid) if pool else None
         if state is not None and not state.ready:
+            # still importing, maybe stuck in C code where no Python signal
+            # handler runs: nothing to lose, nothing to wait for
             self._close_channel(handle)
-            self._kill(pid, signal.SIGTERM)  # still importing: nothing to lose
+            self._kill(pid, signal.SIGKILL)
         else:
             self._finish_stop(handle)
 
@@ -223,7 +228,10 @@ class Spawning:
     def spawn_worker(self) -> Any:
         """gunicorn's entry point for one more worker: one more for the first app."""
         pool = next(iter(self.pools.values()))
-        pool.target += 1
+        if getattr(self, "multi", False):
+            pool.target += 1
+        else:
+            self.num_workers += 1  # the one-app pool follows gunicorn's count
         self.manage_workers()
 
     def manage_workers(self) -> None:

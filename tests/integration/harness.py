@@ -236,3 +236,41 @@ def import_count(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def steal_fd(pid: int, fd: int) -> int:
+    """A duplicate of another process's descriptor (pidfd_getfd, Linux >= 5.6; needs ptrace rights)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        new = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd, the same number on x86_64 and aarch64
+        if new < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return int(new)
+    finally:
+        os.close(pidfd)
+
+
+def unix_socket_inodes() -> dict[str, str]:
+    """Every unix socket: inode ('socket:[N]') -> bound path ('' if unnamed), from /proc/net/unix."""
+    out = {}
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 7:
+                out[f"socket:[{parts[6]}]"] = parts[7] if len(parts) >= 8 else ""
+    return out
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out

@@ -193,3 +193,10 @@ def test_an_app_bind_in_use_names_the_app(tmp_path):
     assert result.returncode == 1
     assert f"apps['shop']['bind']='127.0.0.1:{port}' cannot be bound: Address already in use" in result.stdout
     assert "Booting worker" not in result.stdout
+
+
+def test_workers_that_cannot_boot_halt_a_single_smart_app_with_code_3(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("def post_fork(server, worker):\n    raise RuntimeError('no')\n")
+    result = run_gunicorn(tmp_path, *SMART, "probe_app:app")
+    assert result.returncode == 3, result.stdout
+    assert "worker failed to boot" in result.stdout.splitlines()[-1]

@@ -278,3 +278,59 @@ def test_statsd_receives_per_app_gauges_and_spawn_timings(server_factory):
                  what="the plugin's metrics")
     finally:
         udp.close()
+
+
+def test_events_of_modules_imported_by_the_config_survive_hup(server_factory, tmp_path, event_log):
+    conf = tmp_path / "conf.py"
+    conf.write_text("import helper_events\n")
+    server = server_factory(*SMART, "-w", "1", "-c", str(conf), "probe_app:app")
+    [first] = server.wait_workers(1)
+    fired = lambda: [e["pid"] for e in import_count(event_log) if e["event"] == "helper_module_event"]  # noqa: E731
+    wait_for(lambda: first in fired(), what="the helper module's event in the first worker")
+    server.signal(signal.SIGHUP)
+    [second] = server.wait_workers(1, exclude=[first], timeout=20)
+    wait_for(lambda: second in fired(), what="the helper module's event after HUP")
+
+
+def test_usr1_reaches_the_preloader_so_later_workers_log_to_the_new_file(server_factory, tmp_path):
+    errlog = tmp_path / "error.log"
+    server = server_factory(*SMART, "-w", "1", "--error-logfile", str(errlog), "probe_app:app")
+    server.wait_workers(1)
+    errlog.rename(tmp_path / "error.log.1")
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: errlog.exists(), what="the master to reopen its log")
+    [preloader] = server.preloaders()
+    wait_for(lambda: any(t == str(errlog) for t in _fd_paths(preloader)), what="the preloader to reopen its log")
+    server.signal(signal.SIGTTIN)
+    workers = server.wait_workers(2)
+    newest = max(workers)
+    assert str(tmp_path / "error.log.1") not in _fd_paths(newest)
+    wait_for(lambda: f"Booting worker with pid: {newest}" in errlog.read_text(), what="the new worker in the new log")
+
+
+def _fd_paths(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def test_preload_added_to_a_direct_config_is_ignored_on_hup(server_factory, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("spawn_method = 'direct'\n")
+    server = server_factory("-k", "smartspawn.Worker", "-w", "1", "-c", str(conf), "probe_app:app")
+    [first] = server.wait_workers(1)
+    conf.write_text("spawn_method = 'direct'\npreload_app = True\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log("preload_app=True is ignored: it conflicts with spawn_method='direct'")
+    server.wait_workers(1, exclude=[first], timeout=20)
+    assert server.proc.poll() is None
+    assert server.get_json("/")["forked"] is False
+
+
+def test_reload_flag_with_smart_spawning_warns(server_factory):
+    server = server_factory(*SMART, "-w", "1", "--reload", "probe_app:app")
+    server.wait_log("reload=True (--reload) restarts workers from the preloader")

@@ -318,6 +318,16 @@ def test_inspect_off_logs_nothing_and_off_without_libraries_does_nothing(tcp_ser
         served.close()
 
 
+def test_a_failing_inspection_is_logged_and_the_app_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(exclude_fds: Any = ()) -> Any:
+        raise RuntimeError("no /proc")
+
+    monkeypatch.setattr(fs, "connected_sockets", broken)
+    log = RecordingLog()
+    assert fs.inspect_preloader(log, "shop", 2, cfg(), exclude_fds=[]) == fs.Findings()
+    assert "app=shop preloader gen=2" in log.text("error") and "RuntimeError: no /proc" in log.text("error")
+
+
 def test_log_sinks_are_harmless() -> None:
     assert fs._is_log_sink("logging.handlers.SysLogHandler", socket.SOCK_DGRAM)
     assert fs._is_log_sink("gunicorn.instrument.statsd.Statsd", socket.SOCK_DGRAM)
@@ -550,7 +560,12 @@ def test_locked_handler_waits_for_the_lock(tmp_path: Path) -> None:
     other = open(path, "a")  # another open file description: another process's view
     fcntl.flock(other.fileno(), fcntl.LOCK_EX)
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (handler.handle(record("after")), done.set()))
+
+    def log_after() -> None:
+        handler.handle(record("after"))
+        done.set()
+
+    thread = threading.Thread(target=log_after)
     thread.start()
     try:
         assert not done.wait(0.3), "the handler wrote while another holder had the lock"

@@ -277,7 +277,8 @@ def test_permission_denied_is_explained() -> None:
     assert "\n" not in out
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may read every process")
+@pytest.mark.skipif(os.geteuid() == 0 or os.stat("/proc/1").st_uid == os.geteuid(),
+                    reason="root may read every process, and anyone their own")
 def test_permission_denied_is_explained_without_root() -> None:
     with pytest.raises(memory.AccessDenied, match="permission denied"):
         memory.read_memory(1)
@@ -464,13 +465,20 @@ def test_status_table() -> None:
 
 
 def test_status_table_of_a_failing_app_fits() -> None:
-    error = "Traceback (most recent call last):\n  File ...\nModuleNotFoundError: No module named '" + "x" * 200 + "'"
+    error = "Traceback (most recent call last):\n  File ...\nModuleNotFoundError: No module named '" + "x" * 300 + "'"
     status = _status(name="n" * 64, state="backing off", last_error=error, retry_in=4.0, preloader=None, workers=[])
     text = cli.format_status(status, read_proc=False)
     _fits(text)
     lines = text.splitlines()
-    assert lines[3].startswith("  error: ModuleNotFoundError: No module named 'xxx") and lines[3].endswith("...  (retry in 4.0s)")
-    assert lines[4] == "  preloader: none running (one starts when a worker is needed)"
+    assert len(lines[2]) == cli.WIDTH
+    assert lines[2] == "n" * 32 + "...  smart  backing off (retry in 4.0s)  0 workers (target 2)  gen 3"
+    assert lines[3].startswith("  error: ModuleNotFoundError: No module named 'xxx")
+    assert lines[4].startswith("         xxx") and lines[5].endswith(" ...") and len(lines) == 6
+
+
+def test_status_table_of_a_smart_app_whose_preloader_stopped_when_idle() -> None:
+    text = cli.format_status(_status(preloader=None), read_proc=False)
+    assert text.splitlines()[3] == "  preloader: none running (one starts when a worker is needed)"
 
 
 def test_status_table_of_a_direct_app_without_scoreboard() -> None:

@@ -485,7 +485,7 @@ def test_idle_timeout_zero_keeps_the_preloader_forever() -> None:
 
 
 def test_preloader_not_stopped_for_idleness_before_it_is_ready() -> None:
-    pool = smart_pool(target=0, idle_timeout=10.0)
+    pool = smart_pool(target=0, idle_timeout=10.0, start_timeout=0.0)
     pool.preloader_started(77, 1, 0.0)  # still importing, nothing asked of it
     assert pool.tick(1000.0) == []
     assert pool.preloader is not None and pool.preloader.pid == 77
@@ -827,3 +827,31 @@ def test_retired_worker_exiting_with_a_boot_code_is_not_a_failure() -> None:
     m.worker_exit(workers[0], exited(WORKER_BOOT_ERROR))  # never ready, but retiring
     assert m.pool.failures == 0 and m.pool.halt is None
     assert m.tick(0.2) == []
+
+
+def test_a_preloader_that_never_loads_is_killed_after_the_start_timeout() -> None:
+    from gunicorn_smartspawn.pool import AppPool, Halt, SpawnFromPreloader, StartPreloader, StopPreloader
+
+    pool = AppPool(name="shop", spawn_method="smart", target=2, start_timeout=90.0, halt_on_boot_failure=False)
+    [start] = pool.tick(0.0)
+    assert start == StartPreloader(1)
+    pool.preloader_started(100, 1, 0.0)
+    actions = pool.tick(0.0)
+    assert actions == [SpawnFromPreloader(100, 2)]
+    pool.spawn_requested(1, 100, 0.0)
+    pool.spawn_requested(2, 100, 0.0)
+    assert pool.tick(89.0) == []
+    actions = pool.tick(91.0)
+    assert [type(a) for a in actions] == [StopPreloader]
+    assert actions[0].pid == 100 and actions[0].reason == "start timeout"
+    assert "did not load the app within 90s (preloader_start_timeout)" in (pool.last_error or "")
+    assert pool.tick(91.5) == []  # backing off; nothing twice
+    assert sorted(pool.preloader_exited(100, 9, 91.6) or []) == [1, 2]  # the lost requests come back
+    assert pool.tick(91.9) == []
+    assert pool.tick(92.1) == [StartPreloader(1)]  # after the 1 s backoff
+    single = AppPool(name="one", spawn_method="smart", target=1, start_timeout=5.0)
+    single.tick(0.0)
+    single.preloader_started(7, 1, 0.0)
+    single.tick(0.0)
+    actions = single.tick(6.0)
+    assert isinstance(actions[-1], Halt) and actions[-1].exit_status == 4
