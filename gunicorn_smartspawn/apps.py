@@ -15,7 +15,6 @@ through. Every error names the app and the key.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import os
 import re
@@ -226,7 +225,9 @@ def _check_binds(apps: Mapping[str, AppConfig]) -> None:
 
 def derive_config(base: Any, app: AppConfig) -> Any:
     """A copy of the global gunicorn ``Config`` with ``app``'s settings applied."""
-    cfg = copy.copy(base)
+    # not copy.copy(): gunicorn 23's Config.__getattr__ recurses on a half-built copy
+    cfg = object.__new__(type(base))
+    cfg.__dict__.update(base.__dict__)
     cfg.settings = {name: setting.copy() for name, setting in base.settings.items()}
     for name, value in app.overrides.items():
         try:

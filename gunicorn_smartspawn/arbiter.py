@@ -74,6 +74,8 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
         self._gauges: dict[str, int] = {}
         self._reported_failure: dict[str, tuple[int, str | None]] = {}
         self.control: ControlServer | None = None
+        self._control_candidate: ControlServer | None = None
+        self._control_retry_at = 0.0
         self._thread_requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[Any]]] = queue.SimpleQueue()
         self.started_at = time.time()
         super().__init__(app)
@@ -439,6 +441,8 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
 
     def manage_workers(self) -> None:
         now = time.monotonic()
+        if self.control is None and self._control_candidate is not None:
+            self._open_control()
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self._sweep_orphans()
@@ -628,18 +632,26 @@ class SmartArbiter(Spawning, Arbiter):  # type: ignore[misc]
 
     def _open_control(self) -> None:
         path = self.cfg.smartspawn_socket
-        if path == "off":
+        if path == "off" or self.control is not None:
             return
-        server = ControlServer(
-            os.path.abspath(path) if path else controlmod.default_socket_path(),
-            self._command_handlers(),
-            self.log,
-        )
+        now = time.monotonic()
+        if self._control_candidate is None:
+            self._control_candidate = ControlServer(
+                os.path.abspath(path) if path else controlmod.default_socket_path(),
+                self._command_handlers(),
+                self.log,
+            )
+        elif now < self._control_retry_at:
+            return
+        self._control_retry_at = now + 2.0  # e.g. after USR2, until the old master has left
+        server = self._control_candidate
         try:
             if server.open():
-                self.control = server
+                self.control, self._control_candidate = server, None
         except OSError as exc:
-            self.log.warning("smartspawn control socket %s not served: %s", server.path, exc)
+            if not server.warned:
+                server.warned = True
+                self.log.warning("smartspawn control socket %s not served: %s", server.path, exc)
 
     def _command_handlers(self) -> dict[str, controlmod.Handler]:
         return {"status": self._cmd_status, "memory": self._cmd_memory, "restart": self._cmd_restart, "scale": self._cmd_scale}

@@ -72,6 +72,8 @@ class ControlServer:
         self.log = log
         self.sock: socket.socket | None = None
         self.clients: dict[int, _Client] = {}
+        self._inode = -1
+        self.warned = False
 
     def open(self) -> bool:
         directory = os.path.dirname(self.path) or "."
@@ -81,7 +83,9 @@ class ControlServer:
                 self.log.error("control socket path %s exists and is not a socket; not serving one", self.path)
                 return False
             if _alive(self.path):
-                self.log.warning("control socket %s belongs to another running master; not serving one", self.path)
+                if not self.warned:  # the master tries again later (after USR2, the old one leaves)
+                    self.warned = True
+                    self.log.warning("control socket %s belongs to another running master; not serving it yet", self.path)
                 return False
             os.unlink(self.path)  # stale: its master is gone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -91,6 +95,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
         sock.listen(MAX_CLIENTS)
         sock.setblocking(False)
         self.sock = sock
@@ -119,7 +124,8 @@ class ControlServer:
             self.sock.close()
             self.sock = None
             try:
-                os.unlink(self.path)
+                if os.stat(self.path).st_ino == self._inode:  # still ours, not a newer master's
+                    os.unlink(self.path)
             except OSError:
                 pass
 

@@ -41,6 +41,7 @@ def app_status(pool: AppPool, workers: Mapping[int, Any], scoreboard: Scoreboard
                 "generation": state.generation,
                 "forked": state.forked,
                 "ready": state.ready,
+                "retiring": state.retiring,
                 "uptime": _round(now - state.started_at),
                 "requests": requests,
                 "busy": busy,

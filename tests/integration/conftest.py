@@ -50,6 +50,8 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[C
         elif bind:
             port = free_port()
             argv = ["--bind", f"127.0.0.1:{port}", *argv]
+        if not any(a.startswith("--smartspawn-socket") for a in argv) and "-c" not in argv:
+            argv = ["--smartspawn-socket", str(tmp_path / f"ss{len(servers)}.sock"), *argv]
         if not any(a.startswith("--control-socket") for a in argv) and _has_control_socket():
             argv = ["--control-socket", str(tmp_path / f"ctl{len(servers)}.sock"), *argv]
         log_path = tmp_path / (log_name or f"server{len(servers)}.log")

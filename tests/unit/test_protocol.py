@@ -455,3 +455,57 @@ def test_values_a_master_would_act_on_are_range_checked(frame):
     # pid 0 or -1 given to kill() would signal a whole process group or every process
     with pytest.raises(ProtocolError):
         decode_body(frame)
+
+
+# -- fuzzing: whatever arrives, the decoder yields messages or raises ProtocolError ------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=5))
+def test_fuzz_raw_bytes(data: bytes, cuts: list[int]) -> None:
+    decoder = FrameDecoder()
+    pieces, last = [], 0
+    for cut in sorted(cuts):
+        pieces.append(data[last:cut])
+        last = cut
+    pieces.append(data[last:])
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            for message, fds in decoder:
+                assert type(message).__name__ in ("SpawnWorker", "PreloaderReady", "PreloaderFailed", "WorkerSpawned", "SpawnFailed")
+                assert fds == ()
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["SpawnWorker", "PreloaderReady", "PreloaderFailed", "WorkerSpawned", "SpawnFailed", "Other", 7]),
+    st.dictionaries(st.sampled_from(["age", "pid", "slot", "fork_ms", "load_seconds", "error", "traceback", "x"]),
+                    _json_values, max_size=6),
+)
+def test_fuzz_json_frames(kind: object, fields: dict) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(_frame(json.dumps({"type": kind, **fields}).encode()), [])
+    try:
+        for message, _fds in decoder:
+            # a message that decodes carries exactly its fields, of their types, in range
+            encoded = encode(message)
+            again = FrameDecoder()
+            again.feed(encoded, [0] * type(message).FDS)
+            assert [m for m, _ in again] == [message]
+    except ProtocolError:
+        pass
