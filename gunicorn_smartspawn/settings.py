@@ -30,7 +30,8 @@ def validate_spawn_method(value: Any) -> str:
     )
 
 
-def validate_idle_timeout(value: Any) -> int:
+def _whole_seconds(name: str, value: Any, zero_means: str) -> int:
+    """A number of seconds >= 0 from an int or a decimal string; ConfigError naming ``name``."""
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -40,11 +41,12 @@ def validate_idle_timeout(value: Any) -> int:
     except (TypeError, ValueError):
         seconds = -1
     if seconds < 0:
-        raise ConfigError(
-            f"preloader_idle_timeout={value!r} is not valid: expected a whole number "
-            "of seconds >= 0 (0 keeps the preloader forever)"
-        )
+        raise ConfigError(f"{name}={value!r} is not valid: expected a whole number of seconds >= 0 ({zero_means})")
     return seconds
+
+
+def validate_idle_timeout(value: Any) -> int:
+    return _whole_seconds("preloader_idle_timeout", value, "0 keeps the preloader forever")
 
 
 def validate_bool(name: str, value: Any) -> bool:
@@ -250,19 +252,7 @@ class SmartspawnSocket(Setting):  # type: ignore[misc]
 
 
 def validate_start_timeout(value: Any) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = int(value.strip()) if isinstance(value, str) else int(value)
-        if seconds != value and not isinstance(value, str):
-            raise ValueError
-    except (TypeError, ValueError):
-        seconds = -1
-    if seconds < 0:
-        raise ConfigError(
-            f"preloader_start_timeout={value!r} is not valid: expected a whole number of seconds >= 0 (0 waits forever)"
-        )
-    return seconds
+    return _whole_seconds("preloader_start_timeout", value, "0 waits forever")
 
 
 class PreloaderStartTimeout(Setting):  # type: ignore[misc]
