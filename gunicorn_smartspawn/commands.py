@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn_smartspawn import control as controlmod
@@ -40,11 +41,9 @@ class Commands:
     _control_retry_at: float
     _thread_requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[Any]]]
 
-    def manage_workers(self) -> None:
-        raise NotImplementedError
-
-    def wakeup(self) -> None:
-        raise NotImplementedError
+    # (annotations only: a method here would shadow gunicorn's in the MRO)
+    manage_workers: Callable[[], None]
+    wakeup: Callable[[], None]
 
     def _open_control(self) -> None:
         path = self.cfg.smartspawn_socket

@@ -13,6 +13,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,11 +74,10 @@ class Spawning:
     scoreboard: Any
     num_workers: int
 
-    def _master_private_fds(self) -> list[int]:
-        raise NotImplementedError
-
-    def _dirty_pid(self) -> int:
-        raise NotImplementedError
+    # (annotations only: a method here would shadow the arbiter's in the MRO)
+    _master_private_fds: Callable[[], list[int]]
+    _dirty_pid: Callable[[], int]
+    manage_workers: Callable[[], None]
 
     # -- what children must not keep ---------------------------------------------------
 
@@ -233,9 +233,6 @@ class Spawning:
         else:
             self.num_workers += 1  # the one-app pool follows gunicorn's count
         self.manage_workers()
-
-    def manage_workers(self) -> None:
-        raise NotImplementedError
 
     def kill_worker(self, pid: int, sig: int) -> None:
         worker = self.WORKERS.get(pid)

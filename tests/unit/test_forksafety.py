@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from gunicorn_smartspawn import forksafety as fs
+from gunicorn_smartspawn.forksafety import detect
 from gunicorn_smartspawn.logging import LockedFileHandler, write_all
 
 
@@ -137,7 +138,7 @@ def test_qualified_name() -> None:
 
     assert fs.qualified_name(Holder()).endswith("test_qualified_name.<locals>.Holder")
     assert fs.qualified_name(Holder().method).endswith("Holder.method")
-    assert fs.qualified_name(fs.fence) == "gunicorn_smartspawn.forksafety.fence"
+    assert fs.qualified_name(fs.fence) == "gunicorn_smartspawn.forksafety.fencing.fence"
     assert fs.qualified_name(42) == "int"
 
 
@@ -322,7 +323,7 @@ def test_a_failing_inspection_is_logged_and_the_app_still_loads(monkeypatch: pyt
     def broken(exclude_fds: Any = ()) -> Any:
         raise RuntimeError("no /proc")
 
-    monkeypatch.setattr(fs, "connected_sockets", broken)
+    monkeypatch.setattr(detect, "connected_sockets", broken)  # where inspect_preloader looks it up
     log = RecordingLog()
     assert fs.inspect_preloader(log, "shop", 2, cfg(), exclude_fds=[]) == fs.Findings()
     assert "app=shop preloader gen=2" in log.text("error") and "RuntimeError: no /proc" in log.text("error")
