@@ -9,6 +9,10 @@ descriptors in a direct worker. The request path is gunicorn's, untouched.
 from __future__ import annotations
 
 import atexit
+
+# gunicorn's worker seeds random with a string, which imports hashlib; a worker
+# that has switched to its app's own user may no longer be allowed to read it
+import hashlib  # noqa: F401
 import os
 import sys
 import time
