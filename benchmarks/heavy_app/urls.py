@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("products/<str:sku>/", views.product_detail, name="product-detail"),
     path("api/stats/", views.stats, name="stats"),
+    path("api/customers/<str:cid>/", views.customer, name="customer"),
     path("health", views.health, name="health"),
     path("health/", views.health),
     # Benchmark helper: keeps a (sync) worker busy; see views.hold.

@@ -1,3 +1,4 @@
+import gc
 import os
 import time
 
@@ -60,6 +61,15 @@ def stats(request):
     )
 
 
+def customer(request, cid):
+    """One entry of the in-memory customer table (a read of shared data)."""
+    entry = analytics.customer_lookup.get(cid)
+    if entry is None:
+        return JsonResponse({"error": "no such customer", "id": cid}, status=404)
+    segment, ltv, zip_code = entry
+    return JsonResponse({"id": cid, "segment": segment, "ltv": ltv, "zip": zip_code})
+
+
 def health(request):
     """Cheap liveness check; reports which process answered."""
     return JsonResponse({"status": "ok", "pid": os.getpid(), "ppid": os.getppid()})
@@ -72,16 +82,20 @@ def hold(request):
     with a first line ``{"pid": ...}`` and then sleeps S seconds before
     finishing the response.  A one-request-at-a-time (sync) worker cannot
     accept other connections meanwhile, which lets spawn_time.py make sure
-    a probe is answered by a newly spawned worker.
+    a probe is answered by a newly spawned worker.  With ``collect=1`` the
+    worker first runs a full ``gc.collect()`` (memory_usage.py does this
+    once in every worker, holding each so the next goes to another).
     """
     try:
         seconds = min(float(request.GET.get("seconds", "30")), 120.0)
     except ValueError:
         seconds = 30.0
     pid = os.getpid()
+    collected = gc.collect() if request.GET.get("collect") == "1" else None
 
     def body():
-        yield ('{"pid": %d}\n' % pid).encode("ascii")
+        yield ('{"pid": %d, "collected": %s}\n'
+               % (pid, "null" if collected is None else collected)).encode("ascii")
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()

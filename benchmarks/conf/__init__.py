@@ -1,0 +1,1 @@
+"""gunicorn configuration files used by the benchmark variants (``-c PATH``)."""

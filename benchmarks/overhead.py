@@ -1,0 +1,280 @@
+"""Request overhead: requests per second on the hello-world app, measured by
+``wrk`` on loopback, smart spawning vs stock gunicorn with the same workers.
+
+    python benchmarks/overhead.py [--runs 8] [--duration 2] [--workers 4]
+
+Configurations (all ``benchmarks.hello_app:application``, ``-w 4``):
+
+  smart-sync      gunicorn -k smartspawn.Worker -w 4
+  stock-sync      gunicorn -w 4                    (sync worker)
+  smart-gthread   gunicorn -k smartspawn.Worker -w 4 --threads 4
+  stock-gthread   gunicorn -k gthread -w 4 --threads 4
+  direct-gthread  gunicorn -k smartspawn.Worker --spawn-method=direct -w 4 --threads 4
+                  (the plugin's worker class without a preloader)
+
+The configurations are compared in groups (sync: smart and stock; gthread:
+smart, stock and direct), all servers of a group running side by side.  A
+run waits until every server's workers exist and it is idle, warms each up
+with one untimed second of ``wrk``, then runs N cycles; in each cycle every
+server of the group gets one burst of ``wrk -t2 -c16 -d<duration>s
+http://127.0.0.1:PORT/`` (order rotated every cycle).  The ratio smart /
+stock is taken cycle by cycle, between bursts a few seconds apart: other
+load on a shared machine changes over seconds, so the closer two bursts are,
+the more of that noise a ratio cancels.  An idle server costs nothing while
+another is measured.  wrk and the server share the machine's cores, as a
+local load test must; the ratio, not the absolute figure, is the result.
+
+``wrk`` is the Debian package of that name.  :func:`find_wrk` finds it on
+PATH; ``ensure_wrk(install=True)`` runs ``apt-get install -y wrk`` when it is
+missing and we are root, and says so either way.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import SampleError  # noqa: E402
+
+CONFIGS = {
+    # name: (variant, threads)
+    "smart-sync": ("smart", 1),
+    "stock-sync": ("stock", 1),
+    "smart-gthread": ("smart", 4),
+    "stock-gthread": ("stock", 4),
+    # the plugin's worker class without a preloader: tells a cost of the
+    # worker class from a cost of being forked from the preloader
+    "direct-gthread": ("direct", 4),
+}
+PAIRS = [("smart-sync", "stock-sync"), ("smart-gthread", "stock-gthread"),
+         ("direct-gthread", "stock-gthread")]
+GROUPS = [("smart-sync", "stock-sync"), ("smart-gthread", "stock-gthread", "direct-gthread")]
+
+
+@dataclass
+class Options:
+    app: str = harness.HELLO_APP
+    workers: int = 4
+    duration: float = 2.0
+    warmup: float = 1.0
+    wrk_threads: int = 2
+    connections: int = 16
+    start_timeout: float = 60.0
+    isolate_stock: bool = True
+    show_commands: bool = False
+    wrk: str = "wrk"
+
+
+def find_wrk():
+    return shutil.which("wrk")
+
+
+def ensure_wrk(install):
+    """(path or None, message): find wrk; with ``install``, try apt-get as root."""
+    path = find_wrk()
+    if path:
+        return path, "wrk found at %s" % path
+    if not install:
+        return None, "wrk is not installed (Debian: apt-get install wrk); overhead skipped"
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, ("wrk is not installed and cannot be installed here (needs root "
+                      "and apt-get); overhead skipped")
+    print("wrk not found: installing the Debian package (apt-get install -y wrk)")
+    sys.stdout.flush()
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "install", "-y", "-qq", "wrk"],
+                ["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        try:
+            res = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, "installing wrk failed (%s); overhead skipped" % e
+        if cmd[1] == "install" and res.returncode == 0 and find_wrk():
+            return find_wrk(), "wrk was not installed: installed it with apt-get"
+    return None, ("installing wrk with apt-get failed (%s); overhead skipped"
+                  % (res.stderr.strip().splitlines() or ["?"])[-1])
+
+
+def wrk_version(path):
+    try:
+        res = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"wrk (\S+)", res.stdout + res.stderr)
+    return m.group(1) if m else None
+
+
+RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+SOCKET_ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+TOTAL_RE = re.compile(r"(\d+) requests in ([\d.]+)(\w+),")
+
+
+def run_wrk(wrk, port, duration, opts):
+    cmd = [wrk, "-t%d" % opts.wrk_threads, "-c%d" % opts.connections,
+           "-d%ds" % max(1, round(duration)), "http://127.0.0.1:%d/" % port]
+    shown = " ".join(["wrk"] + cmd[1:-1] + ["http://127.0.0.1:PORT/"])
+    res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=duration + 60, start_new_session=True)
+    out = res.stdout + res.stderr
+    m = RPS_RE.search(out)
+    if res.returncode != 0 or not m:
+        raise SampleError("wrk failed (status %s): %s" % (res.returncode, out.strip()[-500:]))
+    errors = SOCKET_ERRORS_RE.search(out)
+    non2xx = NON2XX_RE.search(out)
+    total = TOTAL_RE.search(out)
+    return {"rps": float(m.group(1)),
+            "requests": int(total.group(1)) if total else None,
+            "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
+                                      map(int, errors.groups()))) if errors else {},
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "command": shown}
+
+
+def start_group(configs, opts, tmpdir):
+    """Start the servers of ``configs``; returns {config: Server} (all ready, idle)."""
+    servers = {}
+    try:
+        for config in configs:
+            variant, threads = CONFIGS[config]
+            server = harness.Server(harness.VARIANTS[variant], opts.app, workers=opts.workers,
+                                    tmpdir=tmpdir, threads=threads,
+                                    isolate_stock=opts.isolate_stock)
+            if opts.show_commands:
+                print("  $ " + server.shown_command())
+            servers[config] = server.start()
+        for server in servers.values():
+            server.wait_ready(opts.start_timeout)
+            server.wait_workers(opts.workers, opts.start_timeout)
+        for server in servers.values():
+            if opts.warmup > 0:
+                run_wrk_on(server, opts.warmup, opts)
+        for server in servers.values():
+            server.settle()
+        return servers
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+
+
+def run_wrk_on(server, duration, opts):
+    try:
+        r = run_wrk(opts.wrk, server.port, duration, opts)
+    except SampleError as e:
+        e.log = server.log()
+        raise
+    server.check_alive("under load")
+    return r
+
+
+def run(runs, wrk, opts=None, tmpdir=None, configs=None):
+    """``runs`` cycles of one wrk burst per configuration, group by group."""
+    opts = opts or Options()
+    opts.wrk = wrk
+    configs = configs or list(CONFIGS)
+    started = time.monotonic()
+    own_tmp = tmpdir is None
+    tmpdir = tmpdir or tempfile.mkdtemp(prefix="overhead-")
+    rounds = [dict() for _ in range(runs)]
+    failures, detail, commands = [], {c: [] for c in configs}, {}
+    groups = [[c for c in g if c in configs] for g in GROUPS]
+    groups += [[c] for c in configs if not any(c in g for g in GROUPS)]
+    try:
+        for group in [g for g in groups if g]:
+            try:
+                servers = start_group(group, opts, tmpdir)
+            except SampleError as e:
+                harness.report_failure("[overhead] %s" % ", ".join(group), e)
+                failures += [{"variant": c, "round": 0, "error": str(e)} for c in group]
+                continue
+            try:
+                for c in group:
+                    commands[c] = servers[c].display_command()
+                for cycle in range(runs):
+                    for config in harness.rotated(group, cycle):
+                        prefix = "[overhead cycle %d/%d] %-14s" % (cycle + 1, runs, config)
+                        try:
+                            r = run_wrk_on(servers[config], opts.duration, opts)
+                        except SampleError as e:
+                            harness.report_failure(prefix, e)
+                            failures.append({"variant": config, "round": cycle + 1,
+                                             "error": str(e)})
+                            continue
+                        errs = sum(r["socket_errors"].values()) if r["socket_errors"] else 0
+                        print("%s %9.1f requests/s%s" % (
+                            prefix, r["rps"], " (%d socket errors, %d non-2xx)"
+                            % (errs, r["non_2xx"]) if errs or r["non_2xx"] else ""))
+                        sys.stdout.flush()
+                        rounds[cycle][config] = r["rps"]
+                        detail[config].append(r)
+                for server in servers.values():
+                    server.check_undisturbed([])
+            finally:
+                for server in servers.values():
+                    server.stop()
+    finally:
+        if own_tmp:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    summary = {c: harness.summarize([r[c] for r in rounds if c in r]) for c in configs}
+    ratios = {}
+    for a, b in PAIRS:
+        if a in configs and b in configs:
+            s = harness.paired_ratio(rounds, a, b, None)
+            if s:
+                ratios["%s/%s" % (a, b)] = s
+    wrk_cmd = next((d[0]["command"] for d in detail.values() if d), None)
+    return {"piece": "overhead", "unit": "requests/s", "variants": configs,
+            "workers": opts.workers, "duration": opts.duration, "rounds": rounds,
+            "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
+            "commands": commands, "wrk_command": wrk_cmd,
+            "notes": [
+                "requests/s of `%s` against %s, -w %d; the servers of a group (sync: smart "
+                "and stock; gthread: smart, stock, direct) run side by side, each warmed up "
+                "with %g s of wrk, then %d cycles of one %g s burst per server (order "
+                "rotated every cycle); ratios smart/stock are taken cycle by cycle"
+                % (wrk_cmd or "wrk", opts.app, opts.workers, opts.warmup, runs, opts.duration),
+                "wrk and the server share the machine's cores (loopback only)",
+            ],
+            "seconds": time.monotonic() - started}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=8, help="cycles (default 8)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per burst")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--install-wrk", action="store_true",
+                        help="apt-get install wrk if it is missing (root only)")
+    parser.add_argument("--show-commands", action="store_true")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    wrk, message = ensure_wrk(args.install_wrk)
+    print(message)
+    if wrk is None:
+        return 1
+    result = run(args.runs, wrk, Options(duration=args.duration, workers=args.workers,
+                                         show_commands=args.show_commands))
+    for c, s in result["summary"].items():
+        if s:
+            print("%-14s %9.1f requests/s [%.1f-%.1f]" % (c, s["median"], s["min"], s["max"]))
+    for k, s in result["ratios"].items():
+        print("  %-28s %.3fx [%.3f-%.3f]" % (k, s["median"], s["min"], s["max"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
