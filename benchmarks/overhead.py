@@ -168,13 +168,24 @@ def start_group(configs, opts, tmpdir):
         raise
 
 
+def server_cpu_ticks(server):
+    return harness.cpu_ticks([server.pid] + harness.descendants_of(server.pid))
+
+
 def run_wrk_on(server, duration, opts):
+    """One wrk burst; also the server's CPU time per request (all its
+    processes, from /proc/PID/stat), which other load on the machine moves
+    far less than requests/s."""
+    before = server_cpu_ticks(server)
     try:
         r = run_wrk(opts.wrk, server.port, duration, opts)
     except SampleError as e:
         e.log = server.log()
         raise
+    ticks = server_cpu_ticks(server) - before
     server.check_alive("under load")
+    if r["requests"]:
+        r["cpu_us_per_request"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / r["requests"]
     return r
 
 
@@ -187,6 +198,7 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
     own_tmp = tmpdir is None
     tmpdir = tmpdir or tempfile.mkdtemp(prefix="overhead-")
     rounds = [dict() for _ in range(runs)]
+    cpu_rounds = [dict() for _ in range(runs)]
     failures, detail, commands = [], {c: [] for c in configs}, {}
     groups = [[c for c in g if c in configs] for g in GROUPS]
     groups += [[c] for c in configs if not any(c in g for g in GROUPS)]
@@ -217,6 +229,8 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
                             % (errs, r["non_2xx"]) if errs or r["non_2xx"] else ""))
                         sys.stdout.flush()
                         rounds[cycle][config] = r["rps"]
+                        if r.get("cpu_us_per_request"):
+                            cpu_rounds[cycle][config] = r["cpu_us_per_request"]
                         detail[config].append(r)
                 for server in servers.values():
                     server.check_undisturbed([])
@@ -233,10 +247,18 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
             s = harness.paired_ratio(rounds, a, b, None)
             if s:
                 ratios["%s/%s" % (a, b)] = s
+    cpu = {c: harness.summarize([r[c] for r in cpu_rounds if c in r]) for c in configs}
+    cpu_ratios = {}
+    for a, b in PAIRS:
+        if a in configs and b in configs:
+            s = harness.paired_ratio(cpu_rounds, a, b, None)
+            if s:
+                cpu_ratios["%s/%s" % (a, b)] = s
     wrk_cmd = next((d[0]["command"] for d in detail.values() if d), None)
     return {"piece": "overhead", "unit": "requests/s", "variants": configs,
             "workers": opts.workers, "duration": opts.duration, "rounds": rounds,
             "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
+            "cpu_us_per_request": cpu, "cpu_ratios": cpu_ratios,
             "commands": commands, "wrk_command": wrk_cmd,
             "notes": [
                 "requests/s of `%s` against %s, -w %d; the servers of a group (sync: smart "
@@ -245,6 +267,11 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
                 "rotated every cycle); ratios smart/stock are taken cycle by cycle"
                 % (wrk_cmd or "wrk", opts.app, opts.workers, opts.warmup, runs, opts.duration),
                 "wrk and the server share the machine's cores (loopback only)",
+                "CPU per request: user + system time of all the server's processes "
+                "during a burst (/proc/PID/stat), divided by the requests wrk completed; "
+                "other load on the machine slows a server down more than it changes what "
+                "each request costs it (caches and scheduling still move it), so it helps "
+                "tell a real cost from noise",
             ],
             "seconds": time.monotonic() - started}
 
@@ -270,6 +297,11 @@ def main(argv=None):
             print("%-14s %9.1f requests/s [%.1f-%.1f]" % (c, s["median"], s["min"], s["max"]))
     for k, s in result["ratios"].items():
         print("  %-28s %.3fx [%.3f-%.3f]" % (k, s["median"], s["min"], s["max"]))
+    for c, s in result["cpu_us_per_request"].items():
+        if s:
+            print("%-14s %7.1f us CPU per request [%.1f-%.1f]" % (c, s["median"], s["min"], s["max"]))
+    for k, s in result["cpu_ratios"].items():
+        print("  CPU %-24s %.3fx [%.3f-%.3f]" % (k, s["median"], s["min"], s["max"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -348,6 +348,14 @@ def explain(tid, results):
         else:
             text += ("Every round was below parity (%s–%s): the cost is real. "
                      % (times(s["min"]), times(s["max"])))
+        c = (p.get("cpu_ratios") or {}).get(key)
+        if c:
+            text += ("The server's CPU time per request, which other load moves less, "
+                     "was %s of stock's: %s " % (
+                         ratio_cell(c),
+                         "the plugin's worker costs more per request." if c["median"] > 1.03
+                         else "no higher than stock's, so the shortfall in requests/s is not "
+                              "a cost per request but contention for the cores."))
         d = p["ratios"].get("direct-gthread/stock-gthread")
         if tid == "overhead-gthread" and d:
             text += ("The plugin's gthread worker without a preloader (`direct`) measured %s "
@@ -713,11 +721,17 @@ def section_overhead(results):
     if skip:
         return out + [skip]
     p = results["pieces"]["overhead"]
+    cpu = p.get("cpu_us_per_request") or {}
     rows = [["`%s`" % c, "`%s`" % p["commands"].get(c, "-"),
-             spread(p["summary"][c], rps)] for c in p["variants"]]
-    out.append(table(["configuration", "server command", "requests/s"], rows))
-    out += ["", "Ratios smart / stock, round by round:", ""]
-    out.append(table(["ratio", "value"], [[k, ratio_cell(s)] for k, s in p["ratios"].items()]))
+             spread(p["summary"][c], rps),
+             spread(cpu.get(c), lambda x: "%.0f µs" % x, bold=False)] for c in p["variants"]]
+    out.append(table(["configuration", "server command", "requests/s", "server CPU per request"],
+                     rows))
+    out += ["", "Ratios, cycle by cycle (requests/s, and server CPU time per request):", ""]
+    cpu_ratios = p.get("cpu_ratios") or {}
+    out.append(table(["ratio", "requests/s", "CPU per request"],
+                     [[k, ratio_cell(s), ratio_cell(cpu_ratios.get(k))]
+                      for k, s in p["ratios"].items()]))
     out += ["", _notes(p), _failures(p)]
     return out
 

@@ -174,8 +174,6 @@ def _validate_entry(name: str, entry: Any) -> AppConfig:
             checked[key] = check(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}[{key!r}]={raw!r} is not valid: expected {exc}") from None
-    if ":" not in checked["app"] and "." not in checked["app"]:
-        pass  # gunicorn accepts a bare module name (callable 'application')
     overrides: dict[str, Any] = {}
     for key, value in checked.items():
         setting = KEYS[key][1]

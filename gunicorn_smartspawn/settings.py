@@ -21,12 +21,17 @@ SECTION: Final = "Smart Spawning"
 SPAWN_METHODS: Final = ("smart", "direct")
 
 
-def validate_spawn_method(value: Any) -> str:
-    if isinstance(value, str) and value.strip().lower() in SPAWN_METHODS:
+def _one_of(name: str, value: Any, choices: tuple[str, ...], expected: str) -> str:
+    """``value`` as one of ``choices`` (any case, spaces trimmed), or a ConfigError naming ``name``."""
+    if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
-    raise ConfigError(
-        f"spawn_method={value!r} is not a spawn method: expected 'smart' "
-        "(fork workers from a preloader) or 'direct' (each worker imports the app)"
+    raise ConfigError(f"{name}={value!r} is not valid: expected {expected}")
+
+
+def validate_spawn_method(value: Any) -> str:
+    return _one_of(
+        "spawn_method", value, SPAWN_METHODS,
+        "'smart' (fork workers from a preloader) or 'direct' (each worker imports the app)",
     )
 
 
@@ -165,11 +170,9 @@ SMART_FORKS: Final = ("auto", "double-fork")
 
 
 def validate_smart_fork(value: Any) -> str:
-    if isinstance(value, str) and value.strip().lower() in SMART_FORKS:
-        return value.strip().lower()
-    raise ConfigError(
-        f"smart_fork={value!r} is not valid: expected 'auto' (one clone when the preloader "
-        "is single-threaded) or 'double-fork' (always fork twice)"
+    return _one_of(
+        "smart_fork", value, SMART_FORKS,
+        "'auto' (one clone when the preloader is single-threaded) or 'double-fork' (always fork twice)",
     )
 
 
@@ -278,11 +281,9 @@ FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
 
 
 def validate_fork_safety(value: Any) -> str:
-    if isinstance(value, str) and value.strip().lower() in FORK_SAFETY_MODES:
-        return value.strip().lower()
-    raise ConfigError(
-        f"fork_safety={value!r} is not valid: expected 'warn' (log what workers inherit), "
-        "'fence' (also cut inherited connections in each worker) or 'off'"
+    return _one_of(
+        "fork_safety", value, FORK_SAFETY_MODES,
+        "'warn' (log what workers inherit), 'fence' (also cut inherited connections in each worker) or 'off'",
     )
 
 

@@ -47,7 +47,7 @@ def test_unknown_spawn_method_in_config_file(tmp_path):
     (tmp_path / "gunicorn.conf.py").write_text("spawn_method = 'fast'\n")
     result = run_gunicorn(tmp_path, *SMART, "probe_app:app")
     assert result.returncode == 1
-    assert "spawn_method='fast' is not a spawn method: expected 'smart'" in result.stdout
+    assert "spawn_method='fast' is not valid: expected 'smart'" in result.stdout
 
 
 def test_negative_idle_timeout(tmp_path):
