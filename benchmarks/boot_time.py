@@ -27,9 +27,7 @@ server is SIGKILLed with its whole process group in a ``finally``.
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -127,33 +125,16 @@ def run(variants, runs, opts=None, tmpdir=None):
     """Measure ``variants`` for ``runs`` interleaved rounds; the piece's result dict."""
     opts = opts or Options()
     started = time.monotonic()
-    own_tmp = tmpdir is None
-    tmpdir = tmpdir or tempfile.mkdtemp(prefix="boot_time-")
-    rounds, failures, detail = [], [], {v: [] for v in variants}
-    try:
-        for rnd in range(runs):
-            this_round = {}
-            for variant in harness.rotated(variants, rnd):
-                prefix = "[boot round %d/%d] %-13s" % (rnd + 1, runs, variant)
-                try:
-                    r = harness.run_with_retries(
-                        lambda: boot_sample(variant, opts, tmpdir), 2, prefix)
-                except SampleError as e:
-                    harness.report_failure(prefix, e)
-                    failures.append({"variant": variant, "round": rnd + 1, "error": str(e)})
-                    continue
-                print("%s %7.3f s to %d workers (first answer %.3f s), refused %d "
-                      "(%d while the app loaded), %d app import%s"
-                      % (prefix, r["s"], opts.workers, r["first_answer_s"], r["refused"],
-                         r["refused_during_load"], r["imports"],
-                         "" if r["imports"] == 1 else "s"))
-                sys.stdout.flush()
-                this_round[variant] = r
-                detail[variant].append(r)
-            rounds.append(this_round)
-    finally:
-        if own_tmp:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def describe(prefix, r):
+        print("%s %7.3f s to %d workers (first answer %.3f s), refused %d "
+              "(%d while the app loaded), %d app import%s"
+              % (prefix, r["s"], opts.workers, r["first_answer_s"], r["refused"],
+                 r["refused_during_load"], r["imports"], "" if r["imports"] == 1 else "s"))
+        return r
+
+    rounds, failures, detail = harness.interleaved_rounds(
+        "boot", variants, runs, lambda variant, tmp: boot_sample(variant, opts, tmp), describe, tmpdir)
     summary = {}
     for v in variants:
         rs = detail[v]

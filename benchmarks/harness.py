@@ -20,11 +20,13 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -660,6 +662,39 @@ def run_with_retries(fn, retries, log_prefix):
                                            "" if attempt == retries else ", retrying"))
             if attempt == retries:
                 raise
+
+
+def interleaved_rounds(piece, variants, runs, sample, describe, tmpdir=None, width=13):
+    """Run ``sample(variant, tmpdir)`` for every variant, ``runs`` rounds, the order
+    rotated each round so that machine noise hits all alike.
+
+    ``describe(prefix, result)`` prints the sample's line and returns what the
+    round keeps of it (for paired ratios). A failed sample is reported and
+    recorded, never fatal. Returns ``(rounds, failures, detail)``: one dict per
+    round, the failures, and every sample's full result per variant.
+    """
+    own_tmp = tmpdir is None
+    tmpdir = tmpdir or tempfile.mkdtemp(prefix=piece + "-")
+    rounds, failures, detail = [], [], {v: [] for v in variants}
+    try:
+        for rnd in range(runs):
+            this_round = {}
+            for variant in rotated(variants, rnd):
+                prefix = "[%s round %d/%d] %-*s" % (piece, rnd + 1, runs, width, variant)
+                try:
+                    result = run_with_retries(lambda: sample(variant, tmpdir), 2, prefix)
+                except SampleError as e:
+                    report_failure(prefix, e)
+                    failures.append({"variant": variant, "round": rnd + 1, "error": str(e)})
+                    continue
+                this_round[variant] = describe(prefix, result)
+                sys.stdout.flush()
+                detail[variant].append(result)
+            rounds.append(this_round)
+    finally:
+        if own_tmp:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return rounds, failures, detail
 
 
 def report_failure(prefix, error):

@@ -46,9 +46,7 @@ import collections
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -288,40 +286,23 @@ def run(variants, runs, opts=None, tmpdir=None):
     """Measure ``variants`` for ``runs`` interleaved rounds; the piece's result dict."""
     opts = opts or Options()
     started = time.monotonic()
-    own_tmp = tmpdir is None
-    tmpdir = tmpdir or tempfile.mkdtemp(prefix="memory-")
-    rounds, failures, detail = [], [], {v: [] for v in variants}
-    try:
-        for rnd in range(runs):
-            this_round = {}
-            for variant in harness.rotated(variants, rnd):
-                prefix = "[memory round %d/%d] %-28s" % (rnd + 1, runs, variant)
-                try:
-                    r = harness.run_with_retries(
-                        lambda: memory_sample(variant, opts, tmpdir), 2, prefix)
-                except SampleError as e:
-                    harness.report_failure(prefix, e)
-                    failures.append({"variant": variant, "round": rnd + 1, "error": str(e)})
-                    continue
-                a, b = r["after"], r["boot"]
-                c = r["collected"]
-                print("%s total PSS %6.1f MiB (boot %6.1f, after gc.collect() %6.1f), worker "
-                      "private median %5.1f MiB (boot %5.1f, after gc.collect() %5.1f); "
-                      "%d requests in %.1f s, %d-%d per worker, full collections per worker "
-                      "during them: %s"
-                      % (prefix, a["total_pss"] / MB, b["total_pss"] / MB, c["total_pss"] / MB,
-                         a["worker_private"]["median"] / MB, b["worker_private"]["median"] / MB,
-                         c["worker_private"]["median"] / MB,
-                         r["requests_total"], r["drive_seconds"], r["served"]["min"],
-                         r["served"]["max"], _gc_range(r["full_gcs"])))
-                sys.stdout.flush()
-                this_round[variant] = {"total_pss": a["total_pss"],
-                                       "worker_private": a["worker_private"]["median"]}
-                detail[variant].append(r)
-            rounds.append(this_round)
-    finally:
-        if own_tmp:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def describe(prefix, r):
+        a, b, c = r["after"], r["boot"], r["collected"]
+        print("%s total PSS %6.1f MiB (boot %6.1f, after gc.collect() %6.1f), worker "
+              "private median %5.1f MiB (boot %5.1f, after gc.collect() %5.1f); "
+              "%d requests in %.1f s, %d-%d per worker, full collections per worker "
+              "during them: %s"
+              % (prefix, a["total_pss"] / MB, b["total_pss"] / MB, c["total_pss"] / MB,
+                 a["worker_private"]["median"] / MB, b["worker_private"]["median"] / MB,
+                 c["worker_private"]["median"] / MB,
+                 r["requests_total"], r["drive_seconds"], r["served"]["min"],
+                 r["served"]["max"], _gc_range(r["full_gcs"])))
+        return {"total_pss": a["total_pss"], "worker_private": a["worker_private"]["median"]}
+
+    rounds, failures, detail = harness.interleaved_rounds(
+        "memory", variants, runs, lambda variant, tmp: memory_sample(variant, opts, tmp), describe,
+        tmpdir, width=28)
     summary = {}
     for v in variants:
         rs = detail[v]

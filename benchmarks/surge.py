@@ -25,10 +25,8 @@ What one sample measures
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -124,30 +122,14 @@ def surge_sample(variant, opts, tmpdir):
 def run(variants, runs, opts=None, tmpdir=None):
     opts = opts or Options()
     started = time.monotonic()
-    own_tmp = tmpdir is None
-    tmpdir = tmpdir or tempfile.mkdtemp(prefix="surge-")
-    rounds, failures, detail = [], [], {v: [] for v in variants}
-    try:
-        for rnd in range(runs):
-            this_round = {}
-            for variant in harness.rotated(variants, rnd):
-                prefix = "[surge round %d/%d] %-13s" % (rnd + 1, runs, variant)
-                try:
-                    r = harness.run_with_retries(
-                        lambda: surge_sample(variant, opts, tmpdir), 2, prefix)
-                except SampleError as e:
-                    harness.report_failure(prefix, e)
-                    failures.append({"variant": variant, "round": rnd + 1, "error": str(e)})
-                    continue
-                print("%s %8.3f s until %d workers serve (signals sent by %.3f s)"
-                      % (prefix, r["s"], opts.target, r["signals_sent_s"]))
-                sys.stdout.flush()
-                this_round[variant] = r["s"]
-                detail[variant].append(r)
-            rounds.append(this_round)
-    finally:
-        if own_tmp:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def describe(prefix, r):
+        print("%s %8.3f s until %d workers serve (signals sent by %.3f s)"
+              % (prefix, r["s"], opts.target, r["signals_sent_s"]))
+        return r["s"]
+
+    rounds, failures, detail = harness.interleaved_rounds(
+        "surge", variants, runs, lambda variant, tmp: surge_sample(variant, opts, tmp), describe, tmpdir)
     summary = {v: harness.summarize([r[v] for r in rounds if v in r]) for v in variants}
     ratios = {}
     for a, b in RATIOS:

@@ -71,6 +71,7 @@ class SmartArbiter(Commands, Spawning, Arbiter):  # type: ignore[misc]
         self.scoreboard = Scoreboard()  # mapped before anything forks: every child shares it
         self._gauges: dict[str, int] = {}
         self._reported_failure: dict[str, tuple[int, str | None]] = {}
+        self._restart_check_at = 0.0
         self.control: ControlServer | None = None
         self._control_candidate: ControlServer | None = None
         self._control_retry_at = 0.0
@@ -492,7 +493,10 @@ class SmartArbiter(Commands, Spawning, Arbiter):  # type: ignore[misc]
         self.log.debug("", extra={"metric": metric, "value": value, "mtype": "histogram"})
 
     def _check_restart_files(self, now: float) -> None:
-        """Passenger's restart.txt: a new mtime restarts that app alone."""
+        """Passenger's restart.txt: a new mtime restarts that app alone (checked once a second)."""
+        if now < self._restart_check_at:
+            return
+        self._restart_check_at = now + 1.0
         for spec in self.specs.values():
             if spec.restart_path is None or spec.removed:
                 continue

@@ -274,3 +274,8 @@ def fd_targets(pid: int) -> dict[int, str]:
         except OSError:
             pass
     return out
+
+
+def fd_kinds(pid: int, kind: str) -> set[str]:
+    """The targets of ``pid``'s descriptors that are of ``kind`` ('socket', 'pipe'): 'socket:[N]', ..."""
+    return {t for t in fd_targets(pid).values() if t.startswith(kind + ":")}

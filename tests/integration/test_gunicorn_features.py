@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import APPS, import_count, read_stat, wait_for
+from harness import APPS, fd_kinds, import_count, read_stat, wait_for
 
 SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
 DIRECT = ["-k", "smartspawn.Worker", "--spawn-method", "direct"]
@@ -191,26 +191,10 @@ def test_workers_hold_no_channel_nor_master_fds(server_factory):
     [preloader] = server.preloaders()
 
     def socket_inodes(pid: int) -> set[str]:
-        inodes = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:"):
-                inodes.add(target)
-        return inodes
+        return fd_kinds(pid, "socket")
 
     def pipes(pid: int) -> set[str]:
-        found = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("pipe:"):
-                found.add(target)
-        return found
+        return fd_kinds(pid, "pipe")
 
     master_sockets = socket_inodes(server.pid)
     preloader_sockets = socket_inodes(preloader)

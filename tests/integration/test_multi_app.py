@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, cmdline, free_port, read_stat, wait_for
+from harness import Server, fd_kinds, free_port, read_stat, wait_for
 
 
 def write_conf(path: Path, apps: dict, extra: str = "") -> Path:
@@ -36,15 +36,7 @@ def app_pids(server: Server, role: str, name: str) -> list[int]:
 
 
 def listening_inodes(pid: int) -> set[str]:
-    out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
+    return fd_kinds(pid, "socket")
 
 
 @pytest.fixture
