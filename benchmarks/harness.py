@@ -522,7 +522,7 @@ class Server:
     def worker_pids(self):
         """The live worker processes, from /proc (titles for gunicorn, the
         master's children for uWSGI)."""
-        from gunicorn_smartspawn.memory import parse_title, read_title
+        from gunicorn_smartspawn.control.memory import parse_title, read_title
 
         pids = []
         for pid in descendants_of(self.pid):

@@ -195,7 +195,7 @@ def snapshot(server, workers):
     """The memory report of the server's process tree, with roles fixed up:
     the root is the master, ``workers`` are workers (uWSGI's titles say
     nothing), plugin preloaders keep their role."""
-    from gunicorn_smartspawn import memory
+    from gunicorn_smartspawn.control import memory
 
     tree = memory.process_tree(server.pid)
     report = memory.memory_report(tree)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gunicorn_smartspawn._version import __version__
 from gunicorn_smartspawn.events import KNOWN_EVENTS, on_event
 
-__version__ = "0.1.0"
 __all__ = ["KNOWN_EVENTS", "Worker", "on_event", "__version__"]
 
 

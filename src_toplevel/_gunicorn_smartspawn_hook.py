@@ -58,7 +58,7 @@ def _loaded(name):
         except ValueError:
             pass
     try:
-        from gunicorn_smartspawn import plugin
+        from gunicorn_smartspawn.hook import plugin
 
         plugin.on_gunicorn_module(name, sys.modules[name])
     except Exception as exc:  # never break a gunicorn that does not use the plugin

@@ -111,7 +111,7 @@ def test_without_the_startup_hook_the_worker_class_says_how_to_fix(tmp_path):
 def test_stock_worker_gets_the_stock_arbiter(tmp_path):
     code = (
         "import gunicorn.app.base as b, gunicorn.arbiter as a\n"
-        "from gunicorn_smartspawn import plugin\n"
+        "from gunicorn_smartspawn.hook import plugin\n"
         "from gunicorn.app.wsgiapp import WSGIApplication\n"
         "import sys; sys.argv = ['gunicorn', 'probe_app:app']\n"
         "arb = b.Arbiter(WSGIApplication())\n"

@@ -22,7 +22,7 @@ import pytest
 from harness import Server, free_port, read_stat, wait_for
 
 MB = 2**20
-TOOL = [sys.executable, "-m", "gunicorn_smartspawn.cli"]
+TOOL = [sys.executable, "-m", "gunicorn_smartspawn.control.cli"]
 
 
 def smartspawn(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
@@ -197,4 +197,4 @@ def test_a_killed_master_leaves_a_stale_socket(start_two_apps: Callable[..., tup
 
 def test_the_console_script_is_declared() -> None:
     [script] = metadata.entry_points(group="console_scripts", name="smartspawn")
-    assert script.value == "gunicorn_smartspawn.cli:main"
+    assert script.value == "gunicorn_smartspawn.control.cli:main"

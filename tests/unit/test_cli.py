@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gunicorn_smartspawn import cli, client, memory
+from gunicorn_smartspawn.control import cli, client, memory
 
 STATUS: dict[str, Any] = {
     "master": {"pid": 4711, "gunicorn": "27.0.1", "smartspawn": "0.1.0", "uptime": 62.0},
@@ -163,18 +163,6 @@ def test_socket_path_precedence() -> None:
     assert client.socket_path(None, {"SMARTSPAWN_SOCKET": "/b.sock", "XDG_RUNTIME_DIR": "/run/u"}) == "/b.sock"
     assert client.socket_path(None, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == "/run/user/1000/gunicorn-smartspawn.sock"
     assert client.socket_path(None, {}) == os.path.expanduser("~/.gunicorn/smartspawn.sock")
-
-
-def test_agrees_with_the_servers_default_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    control = pytest.importorskip("gunicorn_smartspawn.control")
-    for env in ({"XDG_RUNTIME_DIR": "/run/user/7"}, {}):
-        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        assert client.default_socket_path() == control.default_socket_path()
-
-
-# -- failures: one line, exit 1 ------------------------------------------------------------------
 
 
 def test_no_master_there(capsys: pytest.CaptureFixture[str], sock_dir: Path) -> None:

@@ -174,7 +174,7 @@ def test_importing_the_package_does_not_import_gunicorn() -> None:
     assert report["gunicorn"] == []
     assert "gunicorn_smartspawn" in report["plugin"]  # type: ignore[operator]
     assert "gunicorn_smartspawn.worker" not in report["plugin"]  # type: ignore[operator]
-    assert "gunicorn_smartspawn.settings" not in report["plugin"]  # type: ignore[operator]
+    assert "gunicorn_smartspawn.hook.settings" not in report["plugin"]  # type: ignore[operator]
 
 
 def test_plain_process_loads_only_the_tiny_hook() -> None:
@@ -192,7 +192,7 @@ def test_importing_gunicorn_config_registers_the_settings() -> None:
         " 'default': cfg.spawn_method if 'spawn_method' in cfg.settings else None,"
         " 'idle': 'preloader_idle_timeout' in cfg.settings,"
         " 'gc_freeze': 'gc_freeze' in cfg.settings,"
-        " 'settings_module': 'gunicorn_smartspawn.settings' in sys.modules}))"
+        " 'settings_module': 'gunicorn_smartspawn.hook.settings' in sys.modules}))"
     )
     assert report == {"spawn_method": True, "default": "smart", "idle": True, "gc_freeze": True, "settings_module": True}
 
@@ -210,4 +210,4 @@ def test_gunicorn_help_lists_the_flags_in_a_fresh_process() -> None:
 def test_hook_removes_its_finder_once_gunicorn_is_loaded() -> None:
     report = run_python("import gunicorn.config, gunicorn.app.base, gunicorn.app.wsgiapp\n" + REPORT)
     assert "_gunicorn_smartspawn_hook" not in report["meta_path"]  # type: ignore[operator]
-    assert "gunicorn_smartspawn.plugin" in report["plugin"]  # type: ignore[operator]
+    assert "gunicorn_smartspawn.hook.plugin" in report["plugin"]  # type: ignore[operator]

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from gunicorn_smartspawn import cli, memory
-from gunicorn_smartspawn.memory import MemoryInfo, ProcessInfo
+from gunicorn_smartspawn import _linux
+from gunicorn_smartspawn.control import cli, memory
+from gunicorn_smartspawn.control.memory import MemoryInfo, ProcessInfo
 
 KB = 1024
 
@@ -234,7 +235,7 @@ def test_a_zombie_has_exited() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         deadline = time.monotonic() + 10
-        while memory._state(proc.pid) != "Z":
+        while getattr(_linux.proc_stat(proc.pid), "state", None) != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.01)
         with pytest.raises(memory.ProcessGone, match=f"process {proc.pid} has exited"):

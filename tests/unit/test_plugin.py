@@ -13,13 +13,13 @@ from gunicorn.config import Config
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_smartspawn import plugin
+from gunicorn_smartspawn.hook import plugin, state
 from gunicorn_smartspawn.worker import Worker
 
 
 @pytest.mark.parametrize(
     "worker_class",
-    ["smartspawn.Worker", "gunicorn_smartspawn.Worker", "gunicorn_smartspawn.worker.SyncWorker", "gunicorn_smartspawn.worker.Worker"],
+    ["smartspawn.Worker", "gunicorn_smartspawn.Worker", "gunicorn_smartspawn.worker.classes.SyncWorker", "gunicorn_smartspawn.worker.Worker"],
 )
 def test_our_worker_names(worker_class: str) -> None:
     assert plugin.uses_smartspawn(worker_class) is True
@@ -108,13 +108,13 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_the_hook_put_the_selector_in_place() -> None:
     assert app_base.Arbiter is plugin.select_arbiter
     assert plugin.installed()
-    assert plugin._state["stock_arbiter"] is Arbiter
+    assert state.stock_arbiter() is Arbiter
 
 
 def test_hook_does_not_wrap_twice() -> None:
     plugin.on_gunicorn_module("gunicorn.app.base", app_base)
     assert app_base.Arbiter is plugin.select_arbiter
-    assert plugin._state["stock_arbiter"] is Arbiter
+    assert state.stock_arbiter() is Arbiter
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread", "gunicorn.workers.sync.SyncWorker"])
@@ -127,11 +127,11 @@ def test_stock_worker_gets_the_stock_arbiter(worker_class: str, clean_environ: N
 
 
 def test_our_worker_gets_the_smart_arbiter(clean_environ: None) -> None:
-    from gunicorn_smartspawn.arbiter import SmartArbiter
+    from gunicorn_smartspawn.master.arbiter import SmartArbiter
 
     app = FakeApp("smartspawn.Worker")
     arbiter = plugin.select_arbiter(app)
     assert type(arbiter) is SmartArbiter
     assert isinstance(arbiter, Arbiter)
     assert not app.loaded
-    assert list(arbiter.pools) == ["example_app.wsgi"]
+    assert list(arbiter.apps.pools) == ["example_app.wsgi"]

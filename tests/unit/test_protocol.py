@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gunicorn_smartspawn.errors import ProtocolError
-from gunicorn_smartspawn.protocol import (
+from gunicorn_smartspawn.wire import (
     COMMANDS,
     EVENTS,
     HEADER,

@@ -8,7 +8,7 @@ import pytest
 from gunicorn.config import Config
 
 from gunicorn_smartspawn.errors import ConfigError
-from gunicorn_smartspawn.settings import (
+from gunicorn_smartspawn.hook.settings import (
     PLUGIN_SETTINGS,
     SECTION,
     validate_gc_freeze,

@@ -11,59 +11,42 @@ on they behave like gunicorn's own: command-line flags listed in
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any, Final
 
 from gunicorn.config import Setting
 
-from gunicorn_smartspawn.errors import ConfigError
+from gunicorn_smartspawn.config import validators
 
 SECTION: Final = "Smart Spawning"
-SPAWN_METHODS: Final = ("smart", "direct")
+SPAWN_METHODS: Final = validators.SPAWN_METHODS
+SMART_FORKS: Final = validators.SMART_FORKS
+FORK_SAFETY_MODES: Final = validators.FORK_SAFETY_MODES
 
 
-def _one_of(name: str, value: Any, choices: tuple[str, ...], expected: str) -> str:
-    """``value`` as one of ``choices`` (any case, spaces trimmed), or a ConfigError naming ``name``."""
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    raise ConfigError(f"{name}={value!r} is not valid: expected {expected}")
+def _validator(name: str) -> Callable[[Any], Any]:
+    """The setting's validator: the one check shared with the ``apps`` table, naming ``name``."""
+    checker = validators.PLUGIN_CHECKS[name]
+
+    def validate(value: Any) -> Any:
+        return validators.check(name, checker, value)
+
+    validate.__name__ = f"validate_{name}"
+    return validate
 
 
-def validate_spawn_method(value: Any) -> str:
-    return _one_of(
-        "spawn_method", value, SPAWN_METHODS,
-        "'smart' (fork workers from a preloader) or 'direct' (each worker imports the app)",
-    )
+validate_spawn_method = _validator("spawn_method")
+validate_idle_timeout = _validator("preloader_idle_timeout")
+validate_start_timeout = _validator("preloader_start_timeout")
+validate_gc_freeze = _validator("gc_freeze")
+validate_smart_fork = _validator("smart_fork")
+validate_fork_safety = _validator("fork_safety")
+validate_fork_safety_libraries = _validator("fork_safety_libraries")
 
 
-def _whole_seconds(name: str, value: Any, zero_means: str) -> int:
-    """A number of seconds >= 0 from an int or a decimal string; ConfigError naming ``name``."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = int(value.strip()) if isinstance(value, str) else int(value)
-        if seconds != value and not isinstance(value, str):
-            raise ValueError
-    except (TypeError, ValueError):
-        seconds = -1
-    if seconds < 0:
-        raise ConfigError(f"{name}={value!r} is not valid: expected a whole number of seconds >= 0 ({zero_means})")
-    return seconds
-
-
-def validate_idle_timeout(value: Any) -> int:
-    return _whole_seconds("preloader_idle_timeout", value, "0 keeps the preloader forever")
-
-
-def validate_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise ConfigError(f"{name}={value!r} is not valid: expected True or False")
-
-
-def validate_gc_freeze(value: Any) -> bool:
-    return validate_bool("gc_freeze", value)
+def validate_socket_path(value: Any) -> str | None:
+    result: str | None = validators.check("smartspawn_socket", validators.socket_path, value)
+    return result
 
 
 class _ChoiceOption:
@@ -163,19 +146,6 @@ class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-
-
-
-SMART_FORKS: Final = ("auto", "double-fork")
-
-
-def validate_smart_fork(value: Any) -> str:
-    return _one_of(
-        "smart_fork", value, SMART_FORKS,
-        "'auto' (one clone when the preloader is single-threaded) or 'double-fork' (always fork twice)",
-    )
-
-
 class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
     name = "smart_fork"
     section = SECTION
@@ -199,7 +169,7 @@ class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
 
 
 def _validate_apps(value: Any) -> Any:
-    from gunicorn_smartspawn.apps import validate_apps
+    from gunicorn_smartspawn.config.apps import validate_apps
 
     return validate_apps(value)
 
@@ -227,14 +197,6 @@ class Apps(Setting):  # type: ignore[misc]
         """
 
 
-def validate_socket_path(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"smartspawn_socket={value!r} is not valid: expected a path, or 'off'")
-    return value
-
-
 class SmartspawnSocket(Setting):  # type: ignore[misc]
     name = "smartspawn_socket"
     section = SECTION
@@ -252,10 +214,6 @@ class SmartspawnSocket(Setting):  # type: ignore[misc]
         ``~/.gunicorn/smartspawn.sock`` without XDG_RUNTIME_DIR. ``off``
         serves none. See docs/tools.md.
         """
-
-
-def validate_start_timeout(value: Any) -> int:
-    return _whole_seconds("preloader_start_timeout", value, "0 waits forever")
 
 
 class PreloaderStartTimeout(Setting):  # type: ignore[misc]
@@ -276,20 +234,6 @@ class PreloaderStartTimeout(Setting):  # type: ignore[misc]
         """
 
 # -- fork safety -----------------------------------------------------------------------
-
-FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
-
-
-def validate_fork_safety(value: Any) -> str:
-    return _one_of(
-        "fork_safety", value, FORK_SAFETY_MODES,
-        "'warn' (log what workers inherit), 'fence' (also cut inherited connections in each worker) or 'off'",
-    )
-
-
-def validate_fork_safety_libraries(value: Any) -> bool:
-    return validate_bool("fork_safety_libraries", value)
-
 
 class ForkSafety(_ChoiceOption, Setting):  # type: ignore[misc]
     name = "fork_safety"

@@ -19,93 +19,33 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from gunicorn_smartspawn.config import validators as v
 from gunicorn_smartspawn.errors import ConfigError
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("a whole number >= 1")
-    return value
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("a whole number >= 0")
-    return value
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("a non-empty string")
-    return value.strip()
-
-
-def _string_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValueError("a string or a non-empty list of strings")
-    return [v.strip() for v in value]
-
-
-def _env(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and "=" not in k for k in value):
-        raise ValueError("a dict of environment variable names to strings")
-    if not all(isinstance(v, str) for v in value.values()):
-        raise ValueError("a dict whose values are strings")
-    return dict(value)
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if isinstance(value, str) and value.strip().lower() in choices:
-            return value.strip().lower()
-        raise ValueError(" or ".join(repr(c) for c in choices))
-
-    return check
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("True or False")
-    return value
-
-
-def _user(value: Any) -> str | int:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError("a user name or uid")
-    return value
-
-
 #: Per-app key -> (validator, gunicorn setting it overrides or None for our own handling)
-KEYS: Final[dict[str, tuple[Callable[[Any], Any], str | None]]] = {
-    "app": (_string, None),
-    "bind": (_string_list, "bind"),
-    "workers": (_positive_int, "workers"),
-    "threads": (_positive_int, "threads"),
-    "spawn_method": (_choice("smart", "direct"), "spawn_method"),
-    "preloader_idle_timeout": (_non_negative_int, "preloader_idle_timeout"),
-    "preloader_start_timeout": (_non_negative_int, "preloader_start_timeout"),
-    "gc_freeze": (_bool, "gc_freeze"),
-    "smart_fork": (_choice("auto", "double-fork"), "smart_fork"),
-    "fork_safety": (_choice("warn", "fence", "off"), "fork_safety"),
-    "fork_safety_libraries": (_bool, "fork_safety_libraries"),
-    "timeout": (_non_negative_int, "timeout"),
-    "graceful_timeout": (_non_negative_int, "graceful_timeout"),
-    "max_requests": (_non_negative_int, "max_requests"),
-    "max_requests_jitter": (_non_negative_int, "max_requests_jitter"),
-    "chdir": (_string, None),
-    "pythonpath": (_string_list, None),
-    "env": (_env, None),
-    "user": (_user, "user"),
-    "group": (_user, "group"),
-    "restart_file": (_string, None),
+KEYS: Final[dict[str, tuple[v.Check, str | None]]] = {
+    "app": (v.string, None),
+    "bind": (v.string_list, "bind"),
+    "workers": (v.positive_int, "workers"),
+    "threads": (v.positive_int, "threads"),
+    **{name: (check, name) for name, check in v.PLUGIN_CHECKS.items()},
+    "timeout": (v.non_negative_int, "timeout"),
+    "graceful_timeout": (v.non_negative_int, "graceful_timeout"),
+    "max_requests": (v.non_negative_int, "max_requests"),
+    "max_requests_jitter": (v.non_negative_int, "max_requests_jitter"),
+    "chdir": (v.string, None),
+    "pythonpath": (v.string_list, None),
+    "env": (v.env_map, None),
+    "user": (v.user, "user"),
+    "group": (v.user, "group"),
+    "restart_file": (v.string, None),
 }
 
 
@@ -167,13 +107,7 @@ def _validate_entry(name: str, entry: Any) -> AppConfig:
             raise ConfigError(f"{where} has an unknown key {key!r}{hint}")
     if "app" not in entry:
         raise ConfigError(f"{where} has no 'app': expected the WSGI app as 'module:callable'")
-    checked: dict[str, Any] = {}
-    for key, raw in entry.items():
-        check, _setting = KEYS[key]
-        try:
-            checked[key] = check(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{where}[{key!r}]={raw!r} is not valid: expected {exc}") from None
+    checked = {key: v.check(f"{where}[{key!r}]", KEYS[key][0], raw) for key, raw in entry.items()}
     overrides: dict[str, Any] = {}
     for key, value in checked.items():
         setting = KEYS[key][1]

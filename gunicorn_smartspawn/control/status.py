@@ -2,19 +2,17 @@
 
 Built in the master from the pool state, the worker objects and the
 scoreboard; pure apart from reading the clock it is given. The schema is
-documented in docs/tools.md and versioned by :data:`PROTOCOL`.
+documented in docs/tools.md and versioned by :data:`.protocol.PROTOCOL`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
-from gunicorn_smartspawn import __version__
-from gunicorn_smartspawn.pool import AppPool
+from gunicorn_smartspawn._version import __version__
+from gunicorn_smartspawn.master.pool import AppPool
 from gunicorn_smartspawn.scoreboard import Scoreboard
-
-PROTOCOL: Final = 1
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from gunicorn import sock, systemd, util
 
-from gunicorn_smartspawn.apps import AppSpec, normalize_bind
+from gunicorn_smartspawn.config.apps import AppSpec, normalize_bind
 
 BIND_ATTEMPTS = 3
 

@@ -1,13 +1,6 @@
 """The master's own control socket, served from its select loop (no thread).
 
-One request per connection: a JSON object on one line, answered by one JSON
-line::
-
-    -> {"command": "status"}
-    <- {"ok": true, "protocol": 1, "version": "0.1.0", "result": {...}}
-    <- {"ok": false, "protocol": 1, "version": "0.1.0", "error": "unknown app 'shp'"}
-
-The socket is a unix socket of mode 0600 (bound under umask 0177, so it is
+One request per connection, in the format of :mod:`.protocol`. The socket is a unix socket of mode 0600 (bound under umask 0177, so it is
 never reachable by others, not even for an instant); a live socket of
 another master at the same path is left alone, a stale file is replaced.
 Requests are read without blocking the master: a client gets at most
@@ -26,10 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gunicorn_smartspawn import __version__
-from gunicorn_smartspawn.status import PROTOCOL
+from gunicorn_smartspawn.control.protocol import MAX_REQUEST, response
 
-MAX_REQUEST: Final = 64 * 1024
 CLIENT_TIMEOUT: Final = 5.0
 MAX_CLIENTS: Final = 16
 
@@ -38,22 +29,6 @@ Handler = Callable[[dict[str, Any]], Any]
 
 class CommandError(Exception):
     """A request the master refuses; the message goes back to the client as is."""
-
-
-def default_socket_path() -> str:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "gunicorn-smartspawn.sock")
-    return os.path.join(os.path.expanduser("~"), ".gunicorn", "smartspawn.sock")
-
-
-def response(result: Any = None, error: str | None = None) -> bytes:
-    body: dict[str, Any] = {"ok": error is None, "protocol": PROTOCOL, "version": __version__}
-    if error is None:
-        body["result"] = result
-    else:
-        body["error"] = error
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
 @dataclass

@@ -18,20 +18,21 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-_state: dict[str, Any] = {"stock_arbiter": None, "settings": False}
+from gunicorn_smartspawn.hook import state
+
 NO_APP_MODULE = "No application module specified."
 
 
 def on_gunicorn_module(name: str, module: ModuleType) -> None:
     if name == "gunicorn.config":
-        from gunicorn_smartspawn import settings  # noqa: F401  (registers the settings)
+        from gunicorn_smartspawn.hook import settings  # noqa: F401  (registers the settings)
 
-        _state["settings"] = True
+        state.settings_registered()
     elif name == "gunicorn.app.base":
         current = getattr(module, "Arbiter", None)
         if current is None or current is select_arbiter:
             return
-        _state["stock_arbiter"] = current
+        state.remember_stock_arbiter(current)
         setattr(module, "Arbiter", select_arbiter)
     elif name == "gunicorn.app.wsgiapp":
         _allow_apps_without_app_module(module.WSGIApplication)
@@ -60,9 +61,7 @@ def _allow_apps_without_app_module(application_class: Any) -> None:
     application_class.load_config = load_config
 
 
-def installed() -> bool:
-    """True once the settings are registered and the arbiter selector is in place."""
-    return bool(_state["settings"]) and _state["stock_arbiter"] is not None
+installed = state.installed
 
 
 def uses_smartspawn(worker_class: Any) -> bool:
@@ -89,7 +88,8 @@ def uses_smartspawn(worker_class: Any) -> bool:
 def select_arbiter(app: Any) -> Any:
     """Build the arbiter for ``app``: ours for ``-k smartspawn.Worker``, else gunicorn's."""
     if uses_smartspawn(app.cfg.settings["worker_class"].get()):
-        from gunicorn_smartspawn.arbiter import SmartArbiter
+        from gunicorn_smartspawn.control import attach_control
+        from gunicorn_smartspawn.master.arbiter import SmartArbiter
 
-        return SmartArbiter(app)
-    return _state["stock_arbiter"](app)
+        return SmartArbiter(app, services=[attach_control])
+    return state.stock_arbiter()(app)

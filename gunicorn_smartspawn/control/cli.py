@@ -24,7 +24,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO
 
-from gunicorn_smartspawn import __version__, client, memory
+from gunicorn_smartspawn._version import __version__
+from gunicorn_smartspawn.control import client, memory
 
 WIDTH: Final = 100
 MB: Final = 2**20

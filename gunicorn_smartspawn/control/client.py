@@ -1,17 +1,7 @@
-"""The client side of the master's control socket.
+"""The client side of the master's control socket (format: :mod:`.protocol`).
 
 The master serves an owner-only unix socket (``--smartspawn-socket``) from
-its own select loop. One request per connection, one JSON object per line::
-
-    client -> master   {"command": "status"}\\n
-                       {"command": "memory"}\\n
-                       {"command": "restart", "app": "shop"}\\n
-                       {"command": "scale", "app": "shop", "delta": 1}\\n
-                       {"command": "scale", "app": "shop", "workers": 3}\\n
-    master -> client   {"ok": true, "protocol": 1, "version": "0.1.0", "result": {...}}\\n
-                       {"ok": false, "protocol": 1, "error": "one line"}\\n
-
-Every failure is a :class:`ControlError` whose message is one line that
+its own select loop. Every failure is a :class:`ControlError` whose message is one line that
 names the socket and says what to do: no master there, a stale socket file,
 permission denied, no answer in time, or a master speaking another protocol.
 """
@@ -27,36 +17,19 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gunicorn_smartspawn import __version__
+from gunicorn_smartspawn._version import __version__
+from gunicorn_smartspawn.control.protocol import PROTOCOL, SOCKET_ENV, default_socket_path, socket_path
 from gunicorn_smartspawn.errors import SmartSpawnError
 
-#: Version of the request/reply format; a master that answers with another one is refused.
-PROTOCOL: Final = 1
+__all__ = ["PROTOCOL", "SOCKET_ENV", "ControlError", "check_reply", "default_socket_path", "request", "socket_path"]
+
 DEFAULT_TIMEOUT: Final = 5.0
-#: Environment variable that names the socket when ``-s`` is not given.
-SOCKET_ENV: Final = "SMARTSPAWN_SOCKET"
 #: Largest reply read (a status of thousands of workers is far below it).
 MAX_REPLY: Final = 16 * 1024 * 1024
 
 
 class ControlError(SmartSpawnError):
     """The master could not be asked, or refused. The message is one line."""
-
-
-def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
-    """``$XDG_RUNTIME_DIR/gunicorn-smartspawn.sock`` if XDG_RUNTIME_DIR is set,
-    else ``~/.gunicorn/smartspawn.sock``."""
-    env = os.environ if environ is None else environ
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "gunicorn-smartspawn.sock")
-    return os.path.join(os.path.expanduser("~"), ".gunicorn", "smartspawn.sock")
-
-
-def socket_path(given: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The socket to use: ``given`` (``-s``), else ``$SMARTSPAWN_SOCKET``, else the default."""
-    env = os.environ if environ is None else environ
-    return given or env.get(SOCKET_ENV) or default_socket_path(env)
 
 
 def request(path: str, message: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Any:

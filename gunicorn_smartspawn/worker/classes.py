@@ -1,4 +1,4 @@
-"""The worker class users name with ``-k smartspawn.Worker``.
+"""The worker classes users name with ``-k smartspawn.Worker``.
 
 It wraps gunicorn's own workers: the sync worker, or the threaded worker when
 ``--threads`` is above 1. The wrapper adds only what smart spawning needs:
@@ -8,27 +8,21 @@ descriptors in a direct worker. The request path is gunicorn's, untouched.
 
 from __future__ import annotations
 
-import atexit
-
 # gunicorn's worker seeds random with a string, which imports hashlib; a worker
 # that has switched to its app's own user may no longer be allowed to read it
 import hashlib  # noqa: F401
 import os
-import sys
-import time
-import traceback
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker as _GunicornWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
-from gunicorn import util
-
 from gunicorn_smartspawn import events
-from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, HookNotInstalled
+from gunicorn_smartspawn.errors import HookNotInstalled
+from gunicorn_smartspawn.hook import state as hook_state
+from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext
 
 HOOK_HELP = (
     "-k smartspawn.Worker needs gunicorn-smartspawn's startup hook, which did not run "
@@ -36,21 +30,6 @@ HOOK_HELP = (
     "an install, or python -S). Install the package into the environment that runs "
     "gunicorn: pip install gunicorn-smartspawn (from a checkout: pip install .)"
 )
-
-
-@dataclass
-class SpawnContext:
-    """What the master knows about the next worker it builds (set just before)."""
-
-    app_name: str = "default"
-    forked: bool = False
-    private_fds: tuple[int, ...] = ()
-    scoreboard: Any = None
-    slot: int | None = None
-
-
-#: Set by the master right before it constructs a worker object.
-spawn_context = SpawnContext()
 
 
 class Worker(_GunicornWorker):  # type: ignore[misc]
@@ -68,21 +47,32 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.app_name = spawn_context.app_name
-        self.forked = spawn_context.forked
-        self.private_fds = spawn_context.private_fds
-        self.scoreboard_index = spawn_context.slot
-        self._scoreboard = spawn_context.scoreboard
+        self.attach(SpawnContext())
+
+    def attach(self, context: SpawnContext) -> None:
+        """Give the worker what the master (or its preloader) knows about it.
+
+        Called right after construction: gunicorn fixes ``Worker.__init__``'s
+        signature, so what smart spawning adds travels here instead.
+        """
+        self.app_name = context.app_name
+        self.forked = context.forked
+        self.private_fds = context.private_fds
+        self.scoreboard_index = context.slot
+        self._scoreboard = context.scoreboard
         self._score: Any = None
         # WorkerTmp.notify() writes a monotonic clock reading over the file's
         # creation time: any change from this mark is the first heartbeat.
         self.first_heartbeat_mark = self.tmp.last_update()
 
+    def use_heartbeat_fd(self, fd: int) -> None:
+        """In a forked worker: heartbeat through the file the master made (passed over the channel)."""
+        self.tmp.close()
+        self.tmp = InheritedTmp(fd)
+
     @classmethod
     def setup(cls) -> None:
-        from gunicorn_smartspawn import plugin
-
-        if not plugin.installed():
+        if not hook_state.installed():
             raise HookNotInstalled(HOOK_HELP)
 
     @classmethod
@@ -152,77 +142,3 @@ class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
 
 class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker under smart spawning (``--threads`` > 1)."""
-
-
-class InheritedTmp:
-    """A worker's heartbeat file created by the master and passed over the channel.
-
-    Same interface and clock as gunicorn's ``WorkerTmp``: the master reads the
-    change of the file's mtime through its own descriptor of the same file.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._file = os.fdopen(fd, "w+b", 0)
-
-    def notify(self) -> None:
-        now = time.monotonic()
-        os.utime(self._file.fileno(), (now, now))
-
-    def last_update(self) -> float:
-        return os.fstat(self._file.fileno()).st_mtime
-
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def run_worker_process(server: Any, worker: Any) -> int:
-    """Run ``worker`` in the new process it already is; return its exit code.
-
-    The same sequence as gunicorn's own ``spawn_worker`` child, for both
-    spawning methods; a forked worker fires ``starting_worker_process``
-    first (its app is already imported), a direct one after its import.
-    """
-    cfg, log = worker.cfg, worker.log
-    code = 0
-    try:
-        util._setproctitle(f"worker [{worker.app_name}]")
-        log.info("Booting worker with pid: %s", worker.pid)
-        if worker.forked:
-            events.fire(events.STARTING_WORKER_PROCESS, True)
-        cfg.post_fork(server, worker)
-        worker.init_process()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except AppImportError as exc:
-        log.debug("Exception while loading the application", exc_info=True)
-        print(str(exc), file=sys.stderr, flush=True)
-        code = APP_LOAD_ERROR
-    except BaseException as exc:
-        log.exception("Exception in worker process")
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 255 if worker.booted else WORKER_BOOT_ERROR
-    finally:
-        log.info("Worker exiting (pid: %s)", worker.pid)
-        try:
-            worker.tmp.close()
-            cfg.worker_exit(server, worker)
-        except Exception:
-            log.warning("Exception during worker exit:\n%s", traceback.format_exc())
-    return code
-
-
-def leave(code: int) -> NoReturn:
-    """Exit a forked process: run atexit callbacks, flush, ``_exit``."""
-    try:
-        atexit._run_exitfuncs()
-    except BaseException:
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    os._exit(code & 0xFF)

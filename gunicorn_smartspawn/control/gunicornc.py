@@ -2,7 +2,7 @@
 
 gunicorn serves its control socket from a thread of the master. Commands
 added here do not touch the master's state from that thread: they hand the
-request to the master's loop (:meth:`SmartArbiter.call_from_thread`) and
+request to the master's loop (:meth:`SmartArbiter.run_from_thread`) and
 wait for its answer, so the data comes from the same code as
 ``smartspawn status``::
 
@@ -14,6 +14,7 @@ wait for its answer, so the data comes from the same code as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 COMMANDS = {
@@ -47,8 +48,9 @@ def parse(parts: list[str]) -> dict[str, Any] | None:
     raise ValueError("expected: app restart <APP> | app scale <APP> <N|+N|-N>")
 
 
-def extend(server: Any, arbiter: Any) -> None:
-    """Wrap ``server._execute_command`` (runs in gunicorn's control thread)."""
+def extend(server: Any, run: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Wrap ``server._execute_command`` (runs in gunicorn's control thread); ``run``
+    carries a plugin request to the master's loop and returns its reply."""
     original = server._execute_command
 
     def execute(parts: list[str]) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def extend(server: Any, arbiter: Any) -> None:
             if parts and parts[0].lower() == "help" and isinstance(result.get("commands"), dict):
                 result["commands"].update(COMMANDS)
             return result
-        answer = arbiter.call_from_thread(request)
+        answer = run(request)
         if not answer.get("ok"):
             return {"success": False, "error": answer.get("error")}
         value: dict[str, Any] = answer["result"]

@@ -357,6 +357,20 @@ class AppPool:
         states = [self.preloader, self.candidate, *self.retiring_preloaders.values()]
         return [s.pid for s in states if s is not None]
 
+    def is_stopping(self, pid: int) -> bool:
+        """Was the master told to stop preloader ``pid``?"""
+        state = self.retiring_preloaders.get(pid)
+        return state is not None and state.stop_reason is not None
+
+    def stop_all_preloaders(self, reason: str) -> list[StopPreloader]:
+        """Retire every preloader at once (the app is removed, or the master stops)."""
+        for state in (self.preloader, self.candidate):
+            if state is not None:
+                self._retire_preloader(state, reason)
+        self.preloader = self.candidate = None
+        self.reload_requested = False
+        return [a for a in self._stop_actions() if isinstance(a, StopPreloader)]
+
     # -- internals ----------------------------------------------------------------------------
 
     def _preloader(self, pid: int) -> PreloaderState | None:

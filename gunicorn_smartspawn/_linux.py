@@ -1,8 +1,10 @@
-"""The few Linux calls Python does not wrap: prctl and clone(CLONE_PARENT).
+"""The few Linux calls Python does not wrap (prctl, clone(CLONE_PARENT)) and the one /proc parser.
 
-All of them go through ctypes on the running process's own C library; each
+The calls go through ctypes on the running process's own C library; each
 answers False/None where it cannot act, and the caller picks the portable
-path.
+path. :func:`proc_stat` is the only reader of ``/proc/PID/stat`` in the
+package: the master's "is this pid my child?" checks, the shutdown sweep and
+the memory tool all go through it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from dataclasses import dataclass
 from typing import Final
 
 PR_SET_PDEATHSIG: Final = 1
@@ -51,6 +54,72 @@ def os_thread_count() -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` the package reads."""
+
+    pid: int
+    state: str  # R, S, D, Z, ...
+    ppid: int
+    starttime: int  # clock ticks after boot: with the pid, names one process for ever
+
+
+def parse_proc_stat(pid: int, text: bytes) -> ProcStat | None:
+    """Parse one ``/proc/PID/stat`` line; the command name may hold spaces and parentheses."""
+    rest = text[text.rfind(b")") + 2 :].split()
+    if len(rest) < 20:
+        return None
+    try:
+        return ProcStat(pid=pid, state=rest[0].decode("ascii", "replace"), ppid=int(rest[1]), starttime=int(rest[19]))
+    except ValueError:
+        return None
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``/proc/PID/stat`` of a live or zombie process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return parse_proc_stat(pid, f.read())
+    except OSError:
+        return None
+
+
+def all_stats() -> list[ProcStat]:
+    """Every process's stat, in one pass over /proc (empty where there is no /proc)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    stats = (proc_stat(int(e)) for e in entries if e.isdigit())
+    return [s for s in stats if s is not None]
+
+
+def children_map(include_zombies: bool = False) -> dict[int, list[int]]:
+    """ppid -> pids, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in all_stats():
+        if include_zombies or stat.state != "Z":
+            children.setdefault(stat.ppid, []).append(stat.pid)
+    return children
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (zombies included: they still need reaping)."""
+    return children_map(include_zombies=True).get(parent, [])
+
+
+def descendants(parent: int) -> list[int]:
+    """Every process below ``parent``, at any depth, children first."""
+    tree = children_map(include_zombies=True)
+    found: list[int] = []
+    todo = list(tree.get(parent, []))
+    while todo:
+        pid = todo.pop(0)
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
 class CloneParent:
     """``clone(CLONE_PARENT | SIGCHLD)`` wrapped like ``os.fork()``.
 
@@ -72,7 +141,7 @@ class CloneParent:
         if number is None or not hasattr(ctypes, "pythonapi"):
             return
         try:
-            api = ctypes.PyDLL(None)  # keeps the GIL held during the call
+            api = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL held during the call
             syscall = api.syscall
             ctypes.pythonapi.PyOS_BeforeFork  # noqa: B018  (present in CPython >= 3.7)
         except (OSError, AttributeError):

@@ -42,9 +42,9 @@ SEND_TIMEOUT: Final = 5.0
 MAX_TEXT: Final = 32 * 1024
 
 
-def _cut(text: str) -> str:
-    """``text`` cut to ``MAX_TEXT`` characters, marked, so that a frame always fits."""
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 20] + "\n... (truncated)"
+def cut_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, marked, so that a frame (or a log line) stays bounded."""
+    return text if len(text) <= limit else text[: max(0, limit - 20)] + "\n... (truncated)"
 
 
 @dataclass(frozen=True)
@@ -188,12 +188,19 @@ class FrameDecoder:
 
 
 class Channel:
-    """One end of a preloader channel: framed sends, non-blocking receives."""
+    """One end of a preloader channel: framed sends, non-blocking receives.
 
-    def __init__(self, sock: socket.socket, allowed: dict[str, type[Any]]) -> None:
+    The master's end takes events (``EVENTS``), the preloader's commands
+    (``COMMANDS``). ``blocking`` sends wait as long as it takes (the
+    preloader: its only peer is the master); otherwise a send waits at most
+    ``SEND_TIMEOUT`` (the master never hangs on a preloader).
+    """
+
+    def __init__(self, sock: socket.socket, allowed: dict[str, type[Any]], blocking: bool = False) -> None:
         self.sock = sock
         self._decoder = FrameDecoder(allowed)
-        sock.setblocking(False)  # receives never block; sends wait at most SEND_TIMEOUT
+        self._send_timeout = None if blocking else SEND_TIMEOUT
+        sock.setblocking(False)  # receives never block
 
     @classmethod
     def pair(cls) -> tuple[Channel, socket.socket]:
@@ -210,7 +217,7 @@ class Channel:
         if len(fds) != type(message).FDS:
             raise ProtocolError(f"{type(message).__name__} carries {type(message).FDS} descriptor(s), got {len(fds)}")
         frame = encode(message)
-        self.sock.settimeout(SEND_TIMEOUT)
+        self.sock.settimeout(self._send_timeout)
         try:
             sent = socket.send_fds(self.sock, [frame], list(fds)) if fds else self.sock.send(frame)
             if sent < len(frame):

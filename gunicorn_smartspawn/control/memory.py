@@ -29,16 +29,15 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
 
+from gunicorn_smartspawn import _linux
+from gunicorn_smartspawn.control.protocol import PROTOCOL
 from gunicorn_smartspawn.errors import SmartSpawnError
 
 Role = Literal["master", "preloader", "worker", "other"]
-
-#: Version of the JSON schema of :func:`memory_report` (and of the control protocol).
-PROTOCOL: Final = 1
 
 #: smaps field -> MemoryInfo attribute. Fields a kernel lacks count as 0.
 _FIELDS: Final = {
@@ -207,7 +206,8 @@ def read_memory(pid: int) -> MemoryInfo:
         text = _read(pid, "smaps")
     except FileNotFoundError:
         raise MemoryReadError(f"/proc/{pid}/smaps is missing: the kernel has no CONFIG_PROC_PAGE_MONITOR") from None
-    if not text and _state(pid) == "Z":
+    stat = _linux.proc_stat(pid)
+    if not text and stat is not None and stat.state == "Z":
         raise ProcessGone(f"process {pid} has exited")
     return parse_smaps(text)
 
@@ -224,48 +224,18 @@ def read_title(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", errors="replace").strip()
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of ``pid`` or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    if len(rest) < 2:
-        return None
-    return rest[0].decode("ascii", errors="replace"), int(rest[1])
-
-
-def _state(pid: int) -> str | None:
-    stat = _stat(pid)
-    return None if stat is None else stat[0]
-
-
-def _children_map() -> dict[int, list[int]]:
-    """ppid -> live (non-zombie) pids, from one pass over /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _stat(int(entry))
-        if stat is not None and stat[0] != "Z":
-            children.setdefault(stat[1], []).append(int(entry))
-    return children
-
-
 def check_master(pid: int) -> str:
     """The title of ``pid`` if it is a gunicorn master; else :class:`NotAMaster`
     (or :class:`ProcessGone`) with a message that says what it is instead."""
-    if _stat(pid) is None:
+    if _linux.proc_stat(pid) is None:
         raise ProcessGone(f"no process with pid {pid}")
     title = read_title(pid)
     role, app = parse_title(title)
     if role == "master":
         return title
     if role in ("preloader", "worker"):
-        stat = _stat(pid)
-        parent = f"; its master is probably pid {stat[1]}" if stat is not None else ""
+        stat = _linux.proc_stat(pid)
+        parent = f"; its master is probably pid {stat.ppid}" if stat is not None else ""
         raise NotAMaster(f"pid {pid} is a gunicorn {role} of app {app!r}, not the master{parent}")
     shown = title[:60] or "(no title)"
     raise NotAMaster(f"pid {pid} is not a gunicorn master: its title is {shown!r}")
@@ -285,11 +255,11 @@ def process_tree(master_pid: int) -> list[ProcessInfo]:
     master comes first, then each app's preloaders and workers (by app, then
     pid), then other processes.
     """
-    stat = _stat(master_pid)
-    if stat is None or stat[0] == "Z":
+    stat = _linux.proc_stat(master_pid)
+    if stat is None or stat.state == "Z":
         raise ProcessGone(f"no process with pid {master_pid}")
-    children = _children_map()
-    found: list[tuple[int, int]] = [(master_pid, stat[1])]
+    children = _linux.children_map()
+    found: list[tuple[int, int]] = [(master_pid, stat.ppid)]
     queue = [master_pid]
     while queue:
         parent = queue.pop()
@@ -348,8 +318,3 @@ def memory_report(processes: Iterable[ProcessInfo]) -> dict[str, Any]:
         "by_app": {app: _total(memories).as_dict() for app, memories in sorted(by_app.items())},
         "saved_by_sharing": totals.rss - totals.pss,
     }
-
-
-def memory_from_dict(data: Mapping[str, Any]) -> MemoryInfo:
-    """A :class:`MemoryInfo` from one entry (or total) of a report."""
-    return MemoryInfo(**{f.name: int(data.get(f.name) or 0) for f in fields(MemoryInfo)})

@@ -1,0 +1,79 @@
+"""Every difference between the gunicorn releases the plugin supports (23.0 to 27.x), in one place.
+
+Elsewhere the code calls these and never tests a version or probes an
+attribute of gunicorn itself. What differs (see also shared notes in
+docs/architecture.md, "gunicorn versions"):
+
+* the main loop's wait: 23 ``sleep()`` on a self-pipe with ``SIG_QUEUE`` a
+  list; 25+ ``wait_for_signals()`` on a ``queue.SimpleQueue`` with a
+  ``WAKEUP_REQUEST`` sentinel;
+* 25+ has a dirty arbiter child and counts spawns in ``_stats``;
+* 25.1+ serves ``gunicornc`` from a control thread (``_control_server``);
+* 27 gives each worker its own ``--reuse-port`` listener, which the arbiter
+  leaves unbound (``LISTENERS`` empty).
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Any, Final
+
+from gunicorn.arbiter import Arbiter
+
+#: gunicorn >= 25 waits on a queue (``wait_for_signals``); 23 selects on a self-pipe (``sleep``).
+QUEUE_LOOP: Final = hasattr(Arbiter, "wait_for_signals")
+
+
+def drain_signal_queue(arbiter: Any) -> list[int]:
+    """Signals queued for the loop, wake-up sentinels left out; the queue is emptied."""
+    if not QUEUE_LOOP:
+        signals = [s for s in arbiter.SIG_QUEUE]
+        del arbiter.SIG_QUEUE[:]
+        return signals
+    sentinel = getattr(arbiter, "WAKEUP_REQUEST", None)
+    signals: list[int] = []
+    while True:
+        try:
+            sig = arbiter.SIG_QUEUE.get_nowait()
+        except queue.Empty:
+            return signals
+        if sig != sentinel:
+            signals.append(sig)
+
+
+def peek_signals(arbiter: Any) -> list[int]:
+    """Signals queued for the loop, left in place where the queue allows it (23: a list)."""
+    if not QUEUE_LOOP:
+        return list(arbiter.SIG_QUEUE)
+    return drain_signal_queue(arbiter)
+
+
+def self_pipe(arbiter: Any) -> list[int]:
+    """gunicorn 23's self-pipe (both ends), empty on 25+."""
+    return [] if QUEUE_LOOP else [fd for fd in arbiter.PIPE if fd >= 0]
+
+
+def dirty_pid(arbiter: Any) -> int:
+    """The pid of gunicorn's dirty arbiter (25+), or 0."""
+    return int(getattr(arbiter, "dirty_arbiter_pid", 0) or 0)
+
+
+def count(arbiter: Any, stat: str) -> None:
+    """Bump one of gunicorn's own counters (25+: ``workers_spawned``, ``reloads``)."""
+    stats = getattr(arbiter, "_stats", None)
+    if isinstance(stats, dict) and stat in stats:
+        stats[stat] += 1
+
+
+def gunicornc_server(arbiter: Any) -> Any:
+    """gunicorn's control-socket server object (25.1+), or None."""
+    return getattr(arbiter, "_control_server", None)
+
+
+def per_worker_listeners(cfg: Any, sockets: list[Any], log: Any) -> list[Any]:
+    """gunicorn 27's ``--reuse-port``: the arbiter binds nothing, each worker binds its own."""
+    if sockets or not getattr(cfg, "reuse_port", False):
+        return sockets
+    from gunicorn import sock
+
+    return list(sock.create_sockets(cfg, log))

@@ -1,0 +1,139 @@
+"""The one set of validators: the global settings and the ``apps`` table both use these.
+
+Each check takes a raw value and returns it normalised, or raises
+``ValueError`` whose text says what is expected; :func:`check` turns that
+into a :class:`~gunicorn_smartspawn.errors.ConfigError` that names where the
+value came from (``spawn_method='fast'`` or ``apps['shop']['spawn_method']='fast'``).
+Pure: no imports of gunicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from gunicorn_smartspawn.errors import ConfigError
+
+Check = Callable[[Any], Any]
+
+SPAWN_METHODS: Final = ("smart", "direct")
+SMART_FORKS: Final = ("auto", "double-fork")
+FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
+_TRUE: Final = ("true", "1", "yes")
+_FALSE: Final = ("false", "0", "no")
+
+
+def check(where: str, checker: Check, value: Any) -> Any:
+    """``checker(value)``, or a ConfigError ``{where}={value!r} is not valid: expected ...``."""
+    try:
+        return checker(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}={value!r} is not valid: expected {exc}") from None
+
+
+def choice(*choices: str, explain: str = "") -> Check:
+    """One of ``choices``, any case, spaces trimmed."""
+    expected = explain or " or ".join(repr(c) for c in choices)
+
+    def check_choice(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(expected)
+
+    return check_choice
+
+
+def boolean(value: Any) -> bool:
+    """True/False, or one of the strings gunicorn itself accepts for a boolean."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+        return value.strip().lower() in _TRUE
+    raise ValueError("True or False")
+
+
+def whole_seconds(zero_means: str) -> Check:
+    """A number of seconds >= 0, from an int or a decimal string."""
+
+    def check_seconds(value: Any) -> int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            seconds = int(value.strip()) if isinstance(value, str) else int(value)
+            if seconds != value and not isinstance(value, str):
+                raise ValueError
+        except (TypeError, ValueError):
+            seconds = -1
+        if seconds < 0:
+            raise ValueError(f"a whole number of seconds >= 0 ({zero_means})")
+        return seconds
+
+    return check_seconds
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a whole number >= 1")
+    return value
+
+
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value.strip()
+
+
+def string_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("a string or a non-empty list of strings")
+    return [v.strip() for v in value]
+
+
+def env_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and "=" not in k for k in value):
+        raise ValueError("a dict of environment variable names to strings")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("a dict whose values are strings")
+    return dict(value)
+
+
+def user(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError("a user name or uid")
+    return value
+
+
+def socket_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("a path, or 'off'")
+    return value
+
+
+#: The plugin's own settings that an ``apps`` entry may also set, with their one check.
+PLUGIN_CHECKS: Final[dict[str, Check]] = {
+    "spawn_method": choice(
+        *SPAWN_METHODS, explain="'smart' (fork workers from a preloader) or 'direct' (each worker imports the app)"
+    ),
+    "preloader_idle_timeout": whole_seconds("0 keeps the preloader forever"),
+    "preloader_start_timeout": whole_seconds("0 waits forever"),
+    "gc_freeze": boolean,
+    "smart_fork": choice(
+        *SMART_FORKS,
+        explain="'auto' (one clone when the preloader is single-threaded) or 'double-fork' (always fork twice)",
+    ),
+    "fork_safety": choice(
+        *FORK_SAFETY_MODES,
+        explain="'warn' (log what workers inherit), 'fence' (also cut inherited connections in each worker) or 'off'",
+    ),
+    "fork_safety_libraries": boolean,
+}
