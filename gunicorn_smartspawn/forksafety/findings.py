@@ -172,6 +172,28 @@ def describe_thread(thread: ThreadFinding) -> str:
     return f"thread {thread.name!r} ({', '.join(details)})"
 
 
+def _connection_warning(found: Any, what: str, mode: str) -> str:
+    """The warning for an inherited connection the app must handle itself."""
+    fix = f"Reconnect it in {EVENT}"
+    if found.library:
+        fix += " (or turn fork_safety_libraries on)"
+    if mode == "fence":
+        what_happens = (
+            "fork_safety='fence' cuts it in every worker (reads see EOF, writes fail with EPIPE), "
+            "so its first use in a worker fails"
+        )
+    else:
+        fix += " or set fork_safety='fence'"
+        if found.type == socket.SOCK_DGRAM:
+            what_happens = "every worker forked from this preloader shares it, and replies reach whichever reads first"
+        else:
+            what_happens = (
+                "every worker forked from this preloader shares it, so their requests interleave "
+                "on it and they read each other's replies"
+            )
+    return f"workers inherit the connection {what}, opened at import: {what_happens}. {fix}; see {DOC}"
+
+
 def report(findings: Findings, *, mode: str, libraries: bool) -> list[tuple[int, str]]:
     """The log lines for ``findings``: (logging level, message), most urgent first.
 
@@ -189,24 +211,7 @@ def report(findings: Findings, *, mode: str, libraries: bool) -> list[tuple[int,
         elif found.library and libraries:
             infos.append(f"workers inherit {what}: {RESET_WORDS.get(found.library, 'reset in each worker')} (fork_safety_libraries)")
         else:
-            fix = f"Reconnect it in {EVENT}"
-            if found.library:
-                fix += " (or turn fork_safety_libraries on)"
-            if mode == "fence":
-                what_happens = (
-                    "fork_safety='fence' cuts it in every worker (reads see EOF, writes fail with EPIPE), "
-                    "so its first use in a worker fails"
-                )
-            else:
-                fix += " or set fork_safety='fence'"
-                if found.type == socket.SOCK_DGRAM:
-                    what_happens = "every worker forked from this preloader shares it, and replies reach whichever reads first"
-                else:
-                    what_happens = (
-                        "every worker forked from this preloader shares it, so their requests interleave "
-                        "on it and they read each other's replies"
-                    )
-            warnings.append(f"workers inherit the connection {what}, opened at import: {what_happens}. {fix}; see {DOC}")
+            warnings.append(_connection_warning(found, what, mode))
     for thread in findings.threads:
         warnings.append(
             f"{describe_thread(thread)} was started at import and does not exist in workers "

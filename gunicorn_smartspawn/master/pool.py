@@ -16,9 +16,11 @@ a reload whose code fails to load retires nobody.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal, Union
+from typing import Final, Literal
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
+from gunicorn_smartspawn.master.actions import Action, Halt, RetireWorker, SpawnDirect, SpawnFromPreloader
+from gunicorn_smartspawn.master.actions import StartPreloader, StopPreloader
 
 SpawnMethod = Literal["smart", "direct"]
 
@@ -31,46 +33,6 @@ def backoff_delay(failures: int) -> float:
     if failures <= 0:
         return 0.0
     return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)))
-
-
-# -- actions the master carries out ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StartPreloader:
-    generation: int
-
-
-@dataclass(frozen=True)
-class SpawnFromPreloader:
-    preloader_pid: int
-    count: int
-
-
-@dataclass(frozen=True)
-class SpawnDirect:
-    count: int
-
-
-@dataclass(frozen=True)
-class StopPreloader:
-    pid: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class RetireWorker:
-    pid: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Halt:
-    reason: str
-    exit_status: int
-
-
-Action = Union[StartPreloader, SpawnFromPreloader, SpawnDirect, StopPreloader, RetireWorker, Halt]
 
 
 # -- state ------------------------------------------------------------------------------
@@ -269,64 +231,80 @@ class AppPool:
         """The actions due now; the state assumes the master carries them all out."""
         if self.halt is not None:
             return [self.halt]
-        actions: list[Action] = []
+        self._time_out_loading(now)
+        if self.halt is not None:
+            return [*self._stop_actions(), self.halt]
         may_start = now >= self.retry_at
-
-        for loading in (self.preloader, self.candidate):
-            if (
-                loading is not None
-                and not loading.ready
-                and not loading.failed
-                and self.start_timeout > 0
-                and now - loading.started_at > self.start_timeout
-            ):
-                loading.failed = True
-                self._record_failure(
-                    f"preloader pid={loading.pid} did not load the app within {self.start_timeout:g}s "
-                    "(preloader_start_timeout): killed",
-                    now,
-                    APP_LOAD_ERROR,
-                )
-                # detached now; its spawn requests stay pending until it is
-                # reaped, so that preloader_exited hands them back to the master
-                if loading is self.preloader:
-                    self.preloader = None
-                else:
-                    self.candidate = None
-                self._retire_preloader(loading, "start timeout")
-                if self.halt is not None:
-                    return [*self._stop_actions(), self.halt]
-                may_start = now >= self.retry_at
-
+        actions: list[Action] = []
         if self.reload_requested and self.candidate is None and may_start:
             self.reload_requested = False
             actions.append(StartPreloader(self.generation + 1))
+        actions.extend(self._fill_or_trim(may_start))
+        actions.extend(self._rotate_old_generations())
+        self._idle_out_preloader(now)
+        actions.extend(self._stop_actions())
+        return actions
 
+    def _time_out_loading(self, now: float) -> None:
+        """Kill a preloader still loading after ``start_timeout`` (Passenger's start_timeout)."""
+        for loading in (self.preloader, self.candidate):
+            if (
+                loading is None
+                or loading.ready
+                or loading.failed
+                or self.start_timeout <= 0
+                or now - loading.started_at <= self.start_timeout
+            ):
+                continue
+            loading.failed = True
+            self._record_failure(
+                f"preloader pid={loading.pid} did not load the app within {self.start_timeout:g}s "
+                "(preloader_start_timeout): killed",
+                now,
+                APP_LOAD_ERROR,
+            )
+            # detached now; its spawn requests stay pending until it is
+            # reaped, so that preloader_exited hands them back to the master
+            if loading is self.preloader:
+                self.preloader = None
+            else:
+                self.candidate = None
+            self._retire_preloader(loading, "start timeout")
+            if self.halt is not None:
+                return
+
+    def _fill_or_trim(self, may_start: bool) -> list[Action]:
+        """Spawn up to the target in the current generation, or retire the surplus."""
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         in_flight = [p for p in self.pending.values() if p.generation == self.generation]
         need = self.target - len(current) - len(in_flight)
         if need > 0 and may_start:
             if self.spawn_method == "direct":
-                actions.append(SpawnDirect(need))
-            elif self.preloader is None:
-                actions.append(StartPreloader(self.generation))
-            else:
-                actions.append(SpawnFromPreloader(self.preloader.pid, need))
-        elif need < 0:
-            surplus = sorted(current, key=lambda w: w.age)[: min(-need, len(current))]
-            for worker in surplus:
+                return [SpawnDirect(need)]
+            if self.preloader is None:
+                return [StartPreloader(self.generation)]
+            return [SpawnFromPreloader(self.preloader.pid, need)]
+        actions: list[Action] = []
+        if need < 0:
+            for worker in sorted(current, key=lambda w: w.age)[: min(-need, len(current))]:
                 worker.retiring = True
                 actions.append(RetireWorker(worker.pid, "above the worker count"))
+        return actions
 
-        ready_current = sum(1 for w in current if w.ready)
+    def _rotate_old_generations(self) -> list[Action]:
+        """Retire old-generation workers one for one as current ones become ready."""
+        ready_current = sum(1 for w in self.workers.values() if w.generation == self.generation and not w.retiring and w.ready)
         old = sorted(
             (w for w in self.workers.values() if w.generation < self.generation and not w.retiring),
             key=lambda w: w.age,
         )
+        actions: list[Action] = []
         for worker in old[: max(0, len(old) - max(0, self.target - ready_current))]:
             worker.retiring = True
             actions.append(RetireWorker(worker.pid, f"generation {worker.generation} replaced"))
+        return actions
 
+    def _idle_out_preloader(self, now: float) -> None:
         preloader = self.preloader
         if (
             preloader is not None
@@ -337,9 +315,6 @@ class AppPool:
         ):
             self._retire_preloader(preloader, f"idle for {now - preloader.last_used:.0f}s")
             self.preloader = None
-
-        actions.extend(self._stop_actions())
-        return actions
 
     # -- queries ----------------------------------------------------------------------------
 

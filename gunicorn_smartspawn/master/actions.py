@@ -1,0 +1,47 @@
+"""What a pool asks the master to do: small frozen values, carried out by the arbiter.
+
+Commands, imperative, as on the wire: the pure pool returns them from
+:meth:`~gunicorn_smartspawn.master.pool.AppPool.tick` and never acts itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class StartPreloader:
+    generation: int
+
+
+@dataclass(frozen=True)
+class SpawnFromPreloader:
+    preloader_pid: int
+    count: int
+
+
+@dataclass(frozen=True)
+class SpawnDirect:
+    count: int
+
+
+@dataclass(frozen=True)
+class StopPreloader:
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetireWorker:
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Halt:
+    reason: str
+    exit_status: int
+
+
+Action = Union[StartPreloader, SpawnFromPreloader, SpawnDirect, StopPreloader, RetireWorker, Halt]
