@@ -19,7 +19,7 @@ from typing import Any
 from gunicorn_smartspawn._version import __version__
 from gunicorn_smartspawn.events import KNOWN_EVENTS, on_event
 
-__all__ = ["KNOWN_EVENTS", "Worker", "on_event", "__version__"]
+__all__ = ["KNOWN_EVENTS", "Worker", "__version__", "on_event"]
 
 
 def __getattr__(name: str) -> Any:

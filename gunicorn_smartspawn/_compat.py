@@ -26,12 +26,12 @@ QUEUE_LOOP: Final = hasattr(Arbiter, "wait_for_signals")
 
 def drain_signal_queue(arbiter: Any) -> list[int]:
     """Signals queued for the loop, wake-up sentinels left out; the queue is emptied."""
+    signals: list[int] = []
     if not QUEUE_LOOP:
-        signals = [s for s in arbiter.SIG_QUEUE]
+        signals.extend(arbiter.SIG_QUEUE)
         del arbiter.SIG_QUEUE[:]
         return signals
     sentinel = getattr(arbiter, "WAKEUP_REQUEST", None)
-    signals: list[int] = []
     while True:
         try:
             sig = arbiter.SIG_QUEUE.get_nowait()

@@ -65,9 +65,6 @@ class Scoreboard:
     def read(self, index: int) -> SlotView:
         return SlotView(*SLOT.unpack_from(self._map, index * SLOT.size))
 
-    def close(self) -> None:
-        self._map.close()
-
     # -- a worker -------------------------------------------------------------------------
 
     def slot(self, index: int | None, threaded: bool) -> SlotWriter | None:
@@ -79,7 +76,7 @@ class Scoreboard:
 class SlotWriter:
     """A worker's own slot. ``begin``/``end`` bracket each request."""
 
-    __slots__ = ("_map", "_offset", "_lock", "_busy", "_requests", "_last", "_started")
+    __slots__ = ("_busy", "_last", "_lock", "_map", "_offset", "_requests", "_started")
 
     def __init__(self, shared: mmap.mmap, offset: int, threaded: bool) -> None:
         self._map = shared

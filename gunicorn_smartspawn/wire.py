@@ -29,7 +29,7 @@ import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Final, Union
+from typing import Any, ClassVar, Final
 
 from gunicorn_smartspawn.errors import ProtocolError
 
@@ -95,7 +95,7 @@ class SpawnFailed:
     FDS: ClassVar[int] = 0
 
 
-Message = Union[SpawnWorker, PreloaderReady, PreloaderFailed, WorkerSpawned, SpawnFailed]
+Message = SpawnWorker | PreloaderReady | PreloaderFailed | WorkerSpawned | SpawnFailed
 COMMANDS: Final[dict[str, type[Any]]] = {"SpawnWorker": SpawnWorker}
 EVENTS: Final[dict[str, type[Any]]] = {
     cls.__name__: cls

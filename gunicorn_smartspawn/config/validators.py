@@ -62,7 +62,7 @@ def whole_seconds(zero_means: str) -> Check:
             seconds = int(value.strip()) if isinstance(value, str) else int(value)
             if seconds != value and not isinstance(value, str):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             seconds = -1
         if seconds < 0:
             raise ValueError(f"a whole number of seconds >= 0 ({zero_means})")

@@ -26,6 +26,7 @@ from typing import Any, Final, TextIO
 
 from gunicorn_smartspawn._version import __version__
 from gunicorn_smartspawn.control import client, memory
+from gunicorn_smartspawn.control.protocol import PROTOCOL
 
 WIDTH: Final = 100
 MB: Final = 2**20
@@ -224,9 +225,9 @@ def _cmd_memory(args: argparse.Namespace, out: TextIO) -> int:
         report = memory.memory_report(memory.process_tree(args.pid))
     else:
         report = client.request(client.socket_path(args.socket), {"command": "memory"}, args.timeout)
-        if not isinstance(report, dict) or report.get("protocol") != memory.PROTOCOL:
+        if not isinstance(report, dict) or report.get("protocol") != PROTOCOL:
             got = report.get("protocol") if isinstance(report, dict) else None
-            raise UnexpectedAnswer(f"the master's memory report has protocol {got!r}, this smartspawn reads {memory.PROTOCOL}")
+            raise UnexpectedAnswer(f"the master's memory report has protocol {got!r}, this smartspawn reads {PROTOCOL}")
     _emit(out, report, args.json, None if args.json else format_memory(report))
     return EXIT_OK
 

@@ -1,6 +1,7 @@
 """The master's own control socket, served from its select loop (no thread).
 
-One request per connection, in the format of :mod:`.protocol`. The socket is a unix socket of mode 0600 (bound under umask 0177, so it is
+One request per connection, in the format of :mod:`.protocol`. The socket
+is a unix socket of mode 0600 (bound under umask 0177, so it is
 never reachable by others, not even for an instant); a live socket of
 another master at the same path is left alone, a stale file is replaced.
 Requests are read without blocking the master: a client gets at most

@@ -19,7 +19,9 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def app_status(pool: AppPool, workers: Mapping[int, Any], scoreboard: Scoreboard | None, now: float, wall: float) -> dict[str, Any]:
+def app_status(
+    pool: AppPool, workers: Mapping[int, Any], scoreboard: Scoreboard | None, now: float, wall: float
+) -> dict[str, Any]:
     """One app: its state, its preloader and its workers (``now`` monotonic, ``wall`` epoch)."""
     preloader = pool.preloader or pool.candidate
     rows = []

@@ -81,6 +81,9 @@ __all__ = [
     "LibraryConnection",
     "SocketFinding",
     "ThreadFinding",
+    # private, used by the unit tests
+    "_is_log_sink",
+    "_set_aside",
     "connected_sockets",
     "describe_socket",
     "describe_thread",
@@ -95,7 +98,4 @@ __all__ = [
     "qualified_name",
     "report",
     "socket_kind",
-    # private, used by the unit tests
-    "_is_log_sink",
-    "_set_aside",
 ]

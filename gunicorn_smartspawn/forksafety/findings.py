@@ -209,7 +209,8 @@ def report(findings: Findings, *, mode: str, libraries: bool) -> list[tuple[int,
         if found.harmless:
             infos.append(f"workers share {what}: harmless, {found.harmless}")
         elif found.library and libraries:
-            infos.append(f"workers inherit {what}: {RESET_WORDS.get(found.library, 'reset in each worker')} (fork_safety_libraries)")
+            reset = RESET_WORDS.get(found.library, "reset in each worker")
+            infos.append(f"workers inherit {what}: {reset} (fork_safety_libraries)")
         else:
             warnings.append(_connection_warning(found, what, mode))
     for thread in findings.threads:
@@ -227,5 +228,5 @@ def report(findings: Findings, *, mode: str, libraries: bool) -> list[tuple[int,
     lines = [(logging.WARNING, w) for w in warnings] + [(logging.INFO, i) for i in infos]
     if len(lines) > MAX_LINES:
         more = len(lines) - (MAX_LINES - 1)
-        lines = lines[: MAX_LINES - 1] + [(logging.WARNING, f"... and {more} more finding(s); see {DOC}")]
+        lines = [*lines[:MAX_LINES - 1], (logging.WARNING, f"... and {more} more finding(s); see {DOC}")]
     return lines

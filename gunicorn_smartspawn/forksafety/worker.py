@@ -9,7 +9,6 @@ from gunicorn_smartspawn.forksafety.fencing import fence
 from gunicorn_smartspawn.forksafety.findings import Findings, describe_socket
 from gunicorn_smartspawn.forksafety.libraries import _RESETS
 
-
 # -- the worker: making the inheritance safe -----------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ def on_gunicorn_module(name: str, module: ModuleType) -> None:
         if current is None or current is select_arbiter:
             return
         state.remember_stock_arbiter(current)
-        setattr(module, "Arbiter", select_arbiter)
+        setattr(module, "Arbiter", select_arbiter)  # noqa: B010  (mypy: ModuleType has no Arbiter)
     elif name == "gunicorn.app.wsgiapp":
         _allow_apps_without_app_module(module.WSGIApplication)
 

@@ -275,4 +275,14 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-PLUGIN_SETTINGS: Final = ("apps", "smartspawn_socket", "spawn_method", "preloader_idle_timeout", "preloader_start_timeout", "gc_freeze", "smart_fork", "fork_safety", "fork_safety_libraries")
+PLUGIN_SETTINGS: Final = (
+    "apps",
+    "smartspawn_socket",
+    "spawn_method",
+    "preloader_idle_timeout",
+    "preloader_start_timeout",
+    "gc_freeze",
+    "smart_fork",
+    "fork_safety",
+    "fork_safety_libraries",
+)

@@ -7,7 +7,6 @@ Commands, imperative, as on the wire: the pure pool returns them from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -44,4 +43,4 @@ class Halt:
     exit_status: int
 
 
-Action = Union[StartPreloader, SpawnFromPreloader, SpawnDirect, StopPreloader, RetireWorker, Halt]
+Action = StartPreloader | SpawnFromPreloader | SpawnDirect | StopPreloader | RetireWorker | Halt

@@ -33,6 +33,7 @@ from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
 from gunicorn_smartspawn import _compat, _linux, events
+from gunicorn_smartspawn.master import actions as act
 from gunicorn_smartspawn.master import listeners as listenersmod
 from gunicorn_smartspawn.master import pool as poolmod
 from gunicorn_smartspawn.master.apps import AppTable
@@ -176,7 +177,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if self._last_logged_active_worker_count != count:
             self._last_logged_active_worker_count = count
             self.log.debug(
-                "{0} workers".format(count),
+                f"{count} workers",
                 extra={"metric": "gunicorn.workers", "value": count, "mtype": "gauge"},
             )
 
@@ -199,28 +200,28 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if self.apps.specs[name].removed:
             self._drop_removed_app(name)
 
-    def _perform(self, pool: poolmod.AppPool, action: poolmod.Action, now: float) -> None:
-        if isinstance(action, poolmod.SpawnFromPreloader):
+    def _perform(self, pool: poolmod.AppPool, action: act.Action, now: float) -> None:
+        if isinstance(action, act.SpawnFromPreloader):
             for _ in range(action.count):
                 preloader = self.children.preloader(action.preloader_pid)
                 if preloader is None or preloader.channel is None:
                     break
                 self.spawner.request_spawn(pool, preloader, now)
-        elif isinstance(action, poolmod.SpawnDirect):
+        elif isinstance(action, act.SpawnDirect):
             for _ in range(action.count):
                 self.spawner.spawn_direct(pool, now)
-        elif isinstance(action, poolmod.StartPreloader):
+        elif isinstance(action, act.StartPreloader):
             started = self.spawner.start_preloader(pool, action.generation, now)
             if action.generation == pool.generation and started is not None:
                 # requests queue in the channel while the app loads: workers follow at once
                 for follow in pool.tick(now):
                     self._perform(pool, follow, now)
-        elif isinstance(action, poolmod.StopPreloader):
+        elif isinstance(action, act.StopPreloader):
             self.spawner.stop_preloader(action.pid, action.reason)
-        elif isinstance(action, poolmod.RetireWorker):
+        elif isinstance(action, act.RetireWorker):
             self.log.info("app=%s retiring worker pid=%d: %s", pool.name, action.pid, action.reason)
             self.kill_worker(action.pid, signal.SIGTERM)
-        elif isinstance(action, poolmod.Halt):
+        elif isinstance(action, act.Halt):
             raise HaltServer(action.reason, action.exit_status)
 
     def _drop_removed_app(self, name: str) -> None:
@@ -322,7 +323,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         _compat.count(self, "reloads")
-        util._setproctitle("master [%s]" % self.proc_name)
+        util._setproctitle(f"master [{self.proc_name}]")
         now = time.monotonic()
         for pool in self.apps.pools.values():
             pool.request_reload(now)

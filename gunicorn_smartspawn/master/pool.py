@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
-from gunicorn_smartspawn.master.actions import Action, Halt, RetireWorker, SpawnDirect, SpawnFromPreloader
-from gunicorn_smartspawn.master.actions import StartPreloader, StopPreloader
+from gunicorn_smartspawn.master import actions as act
 
 SpawnMethod = Literal["smart", "direct"]
 
@@ -97,7 +96,7 @@ class AppPool:
     failures: int = 0
     retry_at: float = 0.0
     last_error: str | None = None
-    halt: Halt | None = None
+    halt: act.Halt | None = None
 
     # -- what the master reports ----------------------------------------------------
 
@@ -227,7 +226,7 @@ class AppPool:
 
     # -- what the master should do next -------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float) -> list[act.Action]:
         """The actions due now; the state assumes the master carries them all out."""
         if self.halt is not None:
             return [self.halt]
@@ -235,10 +234,10 @@ class AppPool:
         if self.halt is not None:
             return [*self._stop_actions(), self.halt]
         may_start = now >= self.retry_at
-        actions: list[Action] = []
+        actions: list[act.Action] = []
         if self.reload_requested and self.candidate is None and may_start:
             self.reload_requested = False
-            actions.append(StartPreloader(self.generation + 1))
+            actions.append(act.StartPreloader(self.generation + 1))
         actions.extend(self._fill_or_trim(may_start))
         actions.extend(self._rotate_old_generations())
         self._idle_out_preloader(now)
@@ -273,35 +272,35 @@ class AppPool:
             if self.halt is not None:
                 return
 
-    def _fill_or_trim(self, may_start: bool) -> list[Action]:
+    def _fill_or_trim(self, may_start: bool) -> list[act.Action]:
         """Spawn up to the target in the current generation, or retire the surplus."""
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         in_flight = [p for p in self.pending.values() if p.generation == self.generation]
         need = self.target - len(current) - len(in_flight)
         if need > 0 and may_start:
             if self.spawn_method == "direct":
-                return [SpawnDirect(need)]
+                return [act.SpawnDirect(need)]
             if self.preloader is None:
-                return [StartPreloader(self.generation)]
-            return [SpawnFromPreloader(self.preloader.pid, need)]
-        actions: list[Action] = []
+                return [act.StartPreloader(self.generation)]
+            return [act.SpawnFromPreloader(self.preloader.pid, need)]
+        actions: list[act.Action] = []
         if need < 0:
             for worker in sorted(current, key=lambda w: w.age)[: min(-need, len(current))]:
                 worker.retiring = True
-                actions.append(RetireWorker(worker.pid, "above the worker count"))
+                actions.append(act.RetireWorker(worker.pid, "above the worker count"))
         return actions
 
-    def _rotate_old_generations(self) -> list[Action]:
+    def _rotate_old_generations(self) -> list[act.Action]:
         """Retire old-generation workers one for one as current ones become ready."""
         ready_current = sum(1 for w in self.workers.values() if w.generation == self.generation and not w.retiring and w.ready)
         old = sorted(
             (w for w in self.workers.values() if w.generation < self.generation and not w.retiring),
             key=lambda w: w.age,
         )
-        actions: list[Action] = []
+        actions: list[act.Action] = []
         for worker in old[: max(0, len(old) - max(0, self.target - ready_current))]:
             worker.retiring = True
-            actions.append(RetireWorker(worker.pid, f"generation {worker.generation} replaced"))
+            actions.append(act.RetireWorker(worker.pid, f"generation {worker.generation} replaced"))
         return actions
 
     def _idle_out_preloader(self, now: float) -> None:
@@ -337,14 +336,14 @@ class AppPool:
         state = self.retiring_preloaders.get(pid)
         return state is not None and state.stop_reason is not None
 
-    def stop_all_preloaders(self, reason: str) -> list[StopPreloader]:
+    def stop_all_preloaders(self, reason: str) -> list[act.StopPreloader]:
         """Retire every preloader at once (the app is removed, or the master stops)."""
         for state in (self.preloader, self.candidate):
             if state is not None:
                 self._retire_preloader(state, reason)
         self.preloader = self.candidate = None
         self.reload_requested = False
-        return [a for a in self._stop_actions() if isinstance(a, StopPreloader)]
+        return [a for a in self._stop_actions() if isinstance(a, act.StopPreloader)]
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -385,10 +384,10 @@ class AppPool:
         self.last_error = error
         self.retry_at = now + backoff_delay(self.failures)
         if boot_code is not None and self.halt_on_boot_failure and not self.ever_ready and self.halt is None:
-            self.halt = Halt(f"app {self.name}: {error}", boot_code)
+            self.halt = act.Halt(f"app {self.name}: {error}", boot_code)
 
-    def _stop_actions(self) -> list[Action]:
-        actions: list[Action] = [StopPreloader(s.pid, s.stop_reason or "") for s in self._to_stop]
+    def _stop_actions(self) -> list[act.Action]:
+        actions: list[act.Action] = [act.StopPreloader(s.pid, s.stop_reason or "") for s in self._to_stop]
         self._to_stop.clear()
         return actions
 

@@ -39,6 +39,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     forked: bool
     private_fds: tuple[int, ...]
     first_heartbeat_mark: float
+    tmp: Any  # gunicorn's WorkerTmp, or InheritedTmp in a forked worker
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
         if cls is Worker:

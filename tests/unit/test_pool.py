@@ -16,17 +16,15 @@ import signal
 import pytest
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, PRELOADER_LOAD_ERROR, WORKER_BOOT_ERROR
-from gunicorn_smartspawn.master.pool import (
-    BACKOFF_MAX,
-    AppPool,
+from gunicorn_smartspawn.master.actions import (
     Halt,
     RetireWorker,
     SpawnDirect,
     SpawnFromPreloader,
     StartPreloader,
     StopPreloader,
-    backoff_delay,
 )
+from gunicorn_smartspawn.master.pool import BACKOFF_MAX, AppPool, backoff_delay
 
 
 def exited(code: int) -> int:
@@ -830,7 +828,6 @@ def test_retired_worker_exiting_with_a_boot_code_is_not_a_failure() -> None:
 
 
 def test_a_preloader_that_never_loads_is_killed_after_the_start_timeout() -> None:
-    from gunicorn_smartspawn.master.pool import AppPool, Halt, SpawnFromPreloader, StartPreloader, StopPreloader
 
     pool = AppPool(name="shop", spawn_method="smart", target=2, start_timeout=90.0, halt_on_boot_failure=False)
     [start] = pool.tick(0.0)
