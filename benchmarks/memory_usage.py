@@ -30,7 +30,7 @@ What one sample measures
    writes to the header of every object it examines, and unfrozen objects
    inherited from the preloader or master sit in shared pages.
 
-Memory comes from the plugin's own API, ``gunicorn_smartspawn.memory``
+Memory comes from the plugin's own API, ``gunicorn_smartspawn.control.memory``
 (``process_tree(master_pid)`` and ``memory_report(...)``, which read
 ``/proc/PID/smaps_rollup``):
 
@@ -341,7 +341,7 @@ def run(variants, runs, opts=None, tmpdir=None):
                 "threads; memory read after the server was idle again"
                 % (opts.workers, opts.requests, MIX_DESCRIPTION, opts.clients or 2 * opts.workers),
                 "total PSS = master + preloader (smart) + workers, from "
-                "gunicorn_smartspawn.memory (smaps_rollup); per-worker private = "
+                "gunicorn_smartspawn.control.memory (smaps_rollup); per-worker private = "
                 "private clean + dirty of one worker (median over the workers)",
                 "ratios are of total PSS after the requests, computed round by round",
                 "then every worker runs one full gc.collect() (a hold request with "
