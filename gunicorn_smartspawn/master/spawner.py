@@ -17,6 +17,7 @@ from gunicorn_smartspawn import _compat, _linux
 from gunicorn_smartspawn.config.apps import AppSpec
 from gunicorn_smartspawn.errors import PRELOADER_CRASHED, WORKER_BOOT_ERROR
 from gunicorn_smartspawn.master.children import Child
+from gunicorn_smartspawn.master.isolation import leave_master
 from gunicorn_smartspawn.master.pool import AppPool
 from gunicorn_smartspawn.preloader.process import Launch, Preloader
 from gunicorn_smartspawn.wire import Channel, SpawnWorker
@@ -44,15 +45,7 @@ class Spawner:
         return [fd for fd in fds if fd >= 0]
 
     def _leave_master(self, spec: AppSpec, extra_fds: list[int]) -> None:
-        """In a fresh child of the master: drop what belongs to the master and other apps."""
-        signal.set_wakeup_fd(-1)
-        for fd in [*self.private_fds(), *self.apps.foreign_listener_fds(spec), *extra_fds]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        for worker in [*self.children.workers.values(), *self.children.pending_workers()]:
-            worker.tmp.close()
+        leave_master(self.master, spec, [*self.private_fds(), *extra_fds])
 
     # -- preloaders ------------------------------------------------------------------------
 
