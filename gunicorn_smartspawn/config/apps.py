@@ -127,16 +127,22 @@ def _validate_entry(name: str, entry: Any) -> AppConfig:
 
 
 def normalize_bind(bind: str) -> str:
-    """A comparable form of a bind address: 'unix:/abs/path', 'tcp:host:port' or 'fd:N'."""
-    if bind.startswith("unix:"):
-        path = bind[5:]
-        path = path[2:] if path.startswith("//") else path
-        return "unix:" + os.path.abspath(path)
-    if bind.startswith("fd://"):
-        return "fd:" + bind[5:]
-    host, _, port = bind.rpartition(":")
-    if not host:
-        host, port = bind, "8000"
+    """A comparable form of a bind address: 'unix:/abs/path', 'tcp:host:port' or 'fd:N'.
+
+    Read as gunicorn reads it (``gunicorn.util.parse_address``): ``:8000`` is
+    every interface, a host without a port has port 8000, ``tcp://`` is a prefix.
+    """
+    from gunicorn import util
+
+    try:
+        address = util.parse_address(bind)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"bind={bind!r} is not valid: {exc}") from None
+    if isinstance(address, int):
+        return f"fd:{address}"
+    if isinstance(address, str):
+        return "unix:" + os.path.abspath(address)
+    host, port = address
     host = host.strip("[]").lower() or "0.0.0.0"
     if host == "localhost":
         host = "127.0.0.1"

@@ -126,6 +126,7 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     ),
     "preloader_idle_timeout": whole_seconds("0 keeps the preloader forever"),
     "preloader_start_timeout": whole_seconds("0 waits forever"),
+    "spawn_timeout": whole_seconds("0 waits forever"),
     "gc_freeze": boolean,
     "smart_fork": choice(
         *SMART_FORKS,

@@ -38,6 +38,7 @@ def _validator(name: str) -> Callable[[Any], Any]:
 validate_spawn_method = _validator("spawn_method")
 validate_idle_timeout = _validator("preloader_idle_timeout")
 validate_start_timeout = _validator("preloader_start_timeout")
+validate_spawn_timeout = _validator("spawn_timeout")
 validate_gc_freeze = _validator("gc_freeze")
 validate_smart_fork = _validator("smart_fork")
 validate_fork_safety = _validator("fork_safety")
@@ -186,7 +187,7 @@ class Apps(Setting):  # type: ignore[misc]
         Config file only. Each entry needs ``app`` ('module:callable') and
         ``bind`` (an address or a list), and may set ``workers``,
         ``threads``, ``spawn_method``, ``preloader_idle_timeout``,
-        ``gc_freeze``, ``smart_fork``, ``fork_safety``,
+        ``preloader_start_timeout``, ``spawn_timeout``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
         ``max_requests``, ``max_requests_jitter``, ``chdir``,
         ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
@@ -232,6 +233,28 @@ class PreloaderStartTimeout(Setting):  # type: ignore[misc]
         the app backs off and tries again; a single app that never came up
         makes the master exit with code 4. ``0`` waits forever.
         """
+
+class SpawnTimeout(Setting):  # type: ignore[misc]
+    name = "spawn_timeout"
+    section = SECTION
+    cli = ["--spawn-timeout"]
+    meta = "SECONDS"
+    type = int
+    validator = validate_spawn_timeout
+    default = 90
+    desc = """\
+        Kill a new worker that does not serve within this many seconds.
+
+        Counted from the spawn request: a preloader that does not answer it
+        (an ``os.register_at_fork`` hook that hangs) is killed, and so is a
+        worker that has not reached its request loop (a
+        ``starting_worker_process`` callback or ``post_fork`` hook waiting
+        on a database that does not answer). Either counts as a failure and
+        the app backs off before it spawns again. gunicorn's ``timeout``
+        applies only once a worker serves. As Passenger's
+        ``start_timeout`` (90 s). ``0`` waits forever.
+        """
+
 
 # -- fork safety -----------------------------------------------------------------------
 
@@ -281,6 +304,7 @@ PLUGIN_SETTINGS: Final = (
     "spawn_method",
     "preloader_idle_timeout",
     "preloader_start_timeout",
+    "spawn_timeout",
     "gc_freeze",
     "smart_fork",
     "fork_safety",

@@ -29,10 +29,19 @@ class SpawnDirect:
 class StopPreloader:
     pid: int
     reason: str
+    kill: bool = False  # SIGKILL at once: it hangs, or nothing of it is worth waiting for
 
 
 @dataclass(frozen=True)
 class RetireWorker:
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """SIGKILL a worker that never came up (no first heartbeat in time)."""
+
     pid: int
     reason: str
 
@@ -43,4 +52,4 @@ class Halt:
     exit_status: int
 
 
-Action = StartPreloader | SpawnFromPreloader | SpawnDirect | StopPreloader | RetireWorker | Halt
+Action = StartPreloader | SpawnFromPreloader | SpawnDirect | StopPreloader | RetireWorker | KillWorker | Halt

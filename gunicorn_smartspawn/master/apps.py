@@ -72,6 +72,7 @@ class AppTable:
                 target=target,
                 idle_timeout=float(spec.cfg.preloader_idle_timeout),
                 start_timeout=float(spec.cfg.preloader_start_timeout),
+                spawn_timeout=float(spec.cfg.spawn_timeout),
                 halt_on_boot_failure=not self.multi,
             )
             return
@@ -83,6 +84,7 @@ class AppTable:
         pool.target = target
         pool.idle_timeout = float(spec.cfg.preloader_idle_timeout)
         pool.start_timeout = float(spec.cfg.preloader_start_timeout)
+        pool.spawn_timeout = float(spec.cfg.spawn_timeout)
 
     def all_listeners(self) -> list[Any]:
         return [lnr for spec in self.specs.values() for lnr in spec.listeners]

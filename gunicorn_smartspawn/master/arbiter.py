@@ -217,7 +217,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                 for follow in pool.tick(now):
                     self._perform(pool, follow, now)
         elif isinstance(action, act.StopPreloader):
-            self.spawner.stop_preloader(action.pid, action.reason)
+            self.spawner.stop_preloader(action.pid, action.reason, kill=action.kill)
+        elif isinstance(action, act.KillWorker):
+            self.log.error("app=%s killing worker pid=%d: %s", pool.name, action.pid, action.reason)
+            self.kill_worker(action.pid, signal.SIGKILL)
         elif isinstance(action, act.RetireWorker):
             self.log.info("app=%s retiring worker pid=%d: %s", pool.name, action.pid, action.reason)
             self.kill_worker(action.pid, signal.SIGTERM)

@@ -1,76 +1,30 @@
 """Per-app pool state: which processes an app has and what it needs next.
 
-Pure bookkeeping, no system calls: the master feeds it what happened
-(``preloader_started``, ``worker_spawned``, ``worker_exited``, ...) with the
-current monotonic time, and asks :meth:`AppPool.tick` for the next actions,
-which it then carries out. Unit tests drive it with messages alone.
+Pure bookkeeping, no system calls: the master feeds it what happened with
+the monotonic time, and carries out the actions :meth:`AppPool.tick` returns.
 
 Generations: every reload (HUP) starts a new generation. A smart app keeps
 serving from generation N while the preloader of N+1 imports the new code;
 only when that preloader is ready does N+1 become current. Workers of an
 older generation are retired one for one as workers of the current
 generation become ready (their first heartbeat), so capacity never drops and
-a reload whose code fails to load retires nobody.
+a reload whose code fails to load retires nobody. The preloader of N stays
+(``previous``) until N+1 has all its workers serving: an old worker that
+leaves meanwhile (``max_requests``, a crash) is replaced from it, so new
+workers that hang in their boot never drain the app.
+
+Failures settle: a worker's death before its first heartbeat, a preloader
+crash, and nothing served within ``spawn_timeout`` each count, and the app
+backs off (1, 2, 4 ... 60 s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
 from gunicorn_smartspawn.master import actions as act
-
-SpawnMethod = Literal["smart", "direct"]
-
-BACKOFF_FIRST: Final = 1.0
-BACKOFF_MAX: Final = 60.0
-
-
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` failures in a row: 1, 2, 4, ... capped at 60."""
-    if failures <= 0:
-        return 0.0
-    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)))
-
-
-# -- state ------------------------------------------------------------------------------
-
-
-@dataclass
-class PreloaderState:
-    pid: int
-    generation: int
-    started_at: float
-    last_used: float
-    ready_at: float | None = None
-    load_seconds: float | None = None
-    stop_reason: str | None = None  # set once the master was told to stop it
-    failed: bool = False
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None and not self.failed
-
-
-@dataclass
-class WorkerState:
-    pid: int
-    age: int
-    generation: int
-    forked: bool
-    started_at: float
-    ready: bool = False
-    retiring: bool = False
-
-
-@dataclass
-class PendingSpawn:
-    age: int
-    generation: int
-    preloader_pid: int
-    requested_at: float
-
+from gunicorn_smartspawn.master.states import PendingSpawn, PreloaderState, SpawnMethod, WorkerState, backoff_delay
 
 @dataclass
 class AppPool:
@@ -81,12 +35,16 @@ class AppPool:
     target: int
     idle_timeout: float = 300.0
     start_timeout: float = 90.0
+    #: a spawn request unanswered, or a worker without its first heartbeat, after this long is killed
+    spawn_timeout: float = 90.0
     #: A single-app server exits with gunicorn's code when its app never came up.
     halt_on_boot_failure: bool = True
 
     generation: int = 1
     preloader: PreloaderState | None = None
     candidate: PreloaderState | None = None
+    #: the preloader of the generation being replaced, kept until the new one serves in full
+    previous: PreloaderState | None = None
     retiring_preloaders: dict[int, PreloaderState] = field(default_factory=dict)
     workers: dict[int, WorkerState] = field(default_factory=dict)
     pending: dict[int, PendingSpawn] = field(default_factory=dict)
@@ -121,9 +79,11 @@ class AppPool:
         # (not ever_ready: an app counts as up once a worker serves, so that a
         # single app whose workers cannot boot still halts as gunicorn does)
         if state is self.candidate:
-            old = self.preloader
-            if old is not None:
-                self._retire_preloader(old, f"replaced by generation {state.generation}")
+            if self.previous is not None:
+                self._retire_preloader(self.previous, f"replaced by generation {state.generation}")
+            self.previous = self.preloader if self.preloader is not None and self.preloader.ready else None
+            if self.preloader is not None and self.previous is None:
+                self._retire_preloader(self.preloader, f"replaced by generation {state.generation}")
             self.preloader, self.candidate = state, None
             self.generation = state.generation
             # spawn requests still queued at the old preloader serve the old generation
@@ -145,16 +105,16 @@ class AppPool:
         if state is None:
             return None
         self.retiring_preloaders.pop(pid, None)
-        if state is self.preloader:
-            self.preloader = None
-        if state is self.candidate:
-            self.candidate = None
+        self._detach(state)
         if not state.ready and not state.failed and state.stop_reason is None:
             self._record_failure(
                 f"preloader pid={pid} ended by {describe_status(status)} while loading the app",
                 now,
                 APP_LOAD_ERROR,
             )
+        elif state.ready and state.stop_reason is None and status != 0:
+            # a crash of a serving preloader: its next start must not loop hot
+            self._record_failure(f"preloader pid={pid} ended by {describe_status(status)}", now)
         lost = [age for age, p in self.pending.items() if p.preloader_pid == pid]
         for age in lost:
             del self.pending[age]
@@ -201,10 +161,13 @@ class AppPool:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return None
+        if worker.ready or worker.retiring:
+            return worker
+        # any death before the first heartbeat is a boot failure, whatever the status
         code = exit_code(status)
-        if not worker.ready and not worker.retiring and code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR):
-            what = "could not load" if code == APP_LOAD_ERROR else "worker failed to boot"
-            self._record_failure(f"{what} (worker pid={pid}, {describe_status(status)}; see its error above)", now, code)
+        what = "could not load the app" if code == APP_LOAD_ERROR else "worker died before serving"
+        halt_code = code if code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR) else None
+        self._record_failure(f"{what} (worker pid={pid}, {describe_status(status)})", now, halt_code)
         return worker
 
     def early_exit(self, pid: int, status: int) -> None:
@@ -233,12 +196,15 @@ class AppPool:
         self._time_out_loading(now)
         if self.halt is not None:
             return [*self._stop_actions(), self.halt]
+        actions: list[act.Action] = self._time_out_spawns(now)
+        if self.halt is not None:
+            return [*actions, *self._stop_actions(), self.halt]
         may_start = now >= self.retry_at
-        actions: list[act.Action] = []
         if self.reload_requested and self.candidate is None and may_start:
             self.reload_requested = False
             actions.append(act.StartPreloader(self.generation + 1))
         actions.extend(self._fill_or_trim(may_start))
+        actions.extend(self._backfill_previous(may_start))
         actions.extend(self._rotate_old_generations())
         self._idle_out_preloader(now)
         actions.extend(self._stop_actions())
@@ -264,10 +230,7 @@ class AppPool:
             )
             # detached now; its spawn requests stay pending until it is
             # reaped, so that preloader_exited hands them back to the master
-            if loading is self.preloader:
-                self.preloader = None
-            else:
-                self.candidate = None
+            self._detach(loading)
             self._retire_preloader(loading, "start timeout")
             if self.halt is not None:
                 return
@@ -303,6 +266,44 @@ class AppPool:
             actions.append(act.RetireWorker(worker.pid, f"generation {worker.generation} replaced"))
         return actions
 
+    def _time_out_spawns(self, now: float) -> list[act.Action]:
+        """Kill what has not come up within ``spawn_timeout``; each counts as a failure."""
+        if self.spawn_timeout <= 0:
+            return []
+        actions: list[act.Action] = []
+        limit = f"within {self.spawn_timeout:g}s (spawn_timeout)"
+        for request in list(self.pending.values()):
+            state = self._preloader(request.preloader_pid)
+            if state is None or state.stop_reason is not None or now - request.requested_at <= self.spawn_timeout:
+                continue
+            self._record_failure(f"preloader pid={state.pid} did not answer a spawn request {limit}: killed", now)
+            self._detach(state)
+            self._retire_preloader(state, "spawn timeout", kill=True)
+        for worker in self.workers.values():
+            if worker.ready or worker.retiring or now - worker.started_at <= self.spawn_timeout:
+                continue
+            worker.retiring = True
+            self._record_failure(f"worker pid={worker.pid} did not serve {limit}: killed", now, WORKER_BOOT_ERROR)
+            actions.append(act.KillWorker(worker.pid, f"no first heartbeat {limit}"))
+        return actions
+
+    def _backfill_previous(self, may_start: bool) -> list[act.Action]:
+        """While the new generation is not serving in full, replace old workers from the old preloader."""
+        previous = self.previous
+        if previous is None or not previous.ready or previous.stop_reason is not None:
+            return []
+        ready_current = sum(1 for w in self.workers.values() if w.generation == self.generation and w.ready and not w.retiring)
+        if ready_current >= self.target:
+            self._retire_preloader(previous, f"generation {self.generation} serves in full")
+            self.previous = None
+            return []
+        old = sum(1 for w in self.workers.values() if w.generation == previous.generation and not w.retiring)
+        in_flight = sum(1 for p in self.pending.values() if p.preloader_pid == previous.pid)
+        need = self.target - ready_current - old - in_flight
+        if need > 0 and may_start:
+            return [act.SpawnFromPreloader(previous.pid, need)]
+        return []
+
     def _idle_out_preloader(self, now: float) -> None:
         preloader = self.preloader
         if (
@@ -328,7 +329,7 @@ class AppPool:
         return "starting"
 
     def preloader_pids(self) -> list[int]:
-        states = [self.preloader, self.candidate, *self.retiring_preloaders.values()]
+        states = [self.preloader, self.candidate, self.previous, *self.retiring_preloaders.values()]
         return [s.pid for s in states if s is not None]
 
     def is_stopping(self, pid: int) -> bool:
@@ -338,38 +339,42 @@ class AppPool:
 
     def stop_all_preloaders(self, reason: str) -> list[act.StopPreloader]:
         """Retire every preloader at once (the app is removed, or the master stops)."""
-        for state in (self.preloader, self.candidate):
+        for state in (self.preloader, self.candidate, self.previous):
             if state is not None:
                 self._retire_preloader(state, reason)
-        self.preloader = self.candidate = None
+        self.preloader = self.candidate = self.previous = None
         self.reload_requested = False
         return [a for a in self._stop_actions() if isinstance(a, act.StopPreloader)]
 
     # -- internals ----------------------------------------------------------------------------
 
     def _preloader(self, pid: int) -> PreloaderState | None:
-        for state in (self.preloader, self.candidate):
+        for state in (self.preloader, self.candidate, self.previous):
             if state is not None and state.pid == pid:
                 return state
         return None
 
-    def _retire_preloader(self, state: PreloaderState, reason: str) -> None:
+    def _retire_preloader(self, state: PreloaderState, reason: str, kill: bool = False) -> None:
         state.stop_reason = reason
+        state.kill = kill
         self._to_stop.append(state)
         self.retiring_preloaders[state.pid] = state
 
     def _drop_failed_preloader(self, state: PreloaderState) -> list[int]:
         # a failed preloader exits by itself; keep it known until it is reaped
-        if state is self.preloader:
-            self.preloader = None
-        if state is self.candidate:
-            self.candidate = None
+        self._detach(state)
         self.retiring_preloaders[state.pid] = state
         lost = [a for a, p in self.pending.items() if p.preloader_pid == state.pid]
         for age in lost:
             del self.pending[age]
         self._forget_stale_exits()
         return lost
+
+    def _detach(self, state: PreloaderState) -> None:
+        """``state`` is no longer the current, candidate or previous preloader."""
+        for attr in ("preloader", "candidate", "previous"):
+            if getattr(self, attr) is state:
+                setattr(self, attr, None)
 
     def _forget_stale_exits(self) -> None:
         # statuses kept for a WorkerSpawned that can no longer arrive: a later
@@ -387,7 +392,7 @@ class AppPool:
             self.halt = act.Halt(f"app {self.name}: {error}", boot_code)
 
     def _stop_actions(self) -> list[act.Action]:
-        actions: list[act.Action] = [act.StopPreloader(s.pid, s.stop_reason or "") for s in self._to_stop]
+        actions: list[act.Action] = [act.StopPreloader(s.pid, s.stop_reason or "", s.kill) for s in self._to_stop]
         self._to_stop.clear()
         return actions
 

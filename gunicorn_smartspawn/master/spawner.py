@@ -82,16 +82,16 @@ class Spawner:
         self.log.info("app=%s preloader gen=%d pid=%d started", pool.name, generation, pid)
         return child
 
-    def stop_preloader(self, pid: int, reason: str) -> None:
+    def stop_preloader(self, pid: int, reason: str, kill: bool = False) -> None:
         child = self.children.preloader(pid)
         if child is None:
             return
         self.log.info("app=%s preloader gen=%d pid=%d stopping: %s", child.app, child.generation, pid, reason)
         pool = self.apps.pools.get(child.app)
         state = pool.retiring_preloaders.get(pid) if pool else None
-        if state is not None and not state.ready:
-            # still importing, maybe stuck in C code where no Python signal
-            # handler runs: nothing to lose, nothing to wait for
+        if kill or (state is not None and not state.ready):
+            # still importing, or hung: maybe stuck in C code where no Python
+            # signal handler runs; nothing to lose, nothing to wait for
             self.close_channel(child)
             self.kill(pid, signal.SIGKILL)
         else:

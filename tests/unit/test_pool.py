@@ -24,7 +24,8 @@ from gunicorn_smartspawn.master.actions import (
     StartPreloader,
     StopPreloader,
 )
-from gunicorn_smartspawn.master.pool import BACKOFF_MAX, AppPool, backoff_delay
+from gunicorn_smartspawn.master.pool import AppPool
+from gunicorn_smartspawn.master.states import BACKOFF_MAX, backoff_delay
 
 
 def exited(code: int) -> int:
@@ -458,18 +459,19 @@ def test_spawn_requests_keep_the_preloader_alive() -> None:
     m.now = 200.0
     m.worker_exit(workers[0], killed(signal.SIGKILL))
     assert m.tick() == [SpawnFromPreloader(preloader, 1)]
-    m.fork_requested()
+    m.ready(*m.fork_requested())
     assert m.tick(499.0) == []
     assert [type(a) for a in m.tick(500.0)] == [StopPreloader]
 
 
 def test_preloader_is_never_stopped_while_a_spawn_is_pending() -> None:
     m = Master(smart_pool(target=2, idle_timeout=300.0))
+    m.pool.spawn_timeout = 0  # (the spawn timeout would kill it; tested on its own)
     m.tick(0.0)
     preloader = m.preloader_pid()
     m.now = 1.0
     m.preloader_ready(preloader)
-    m.fork_requested(count=1)  # the second request is still queued
+    m.ready(*m.fork_requested(count=1))  # the second request is still queued
     for t in (301.0, 1000.0, 100000.0):
         assert m.tick(t) == []
     assert m.pool.preloader is not None and m.pool.preloader.pid == preloader
@@ -534,8 +536,9 @@ def test_killed_preloader_loses_its_pending_spawns_but_not_its_workers() -> None
     assert m.pool.pending == {}
     assert m.pool.preloader is None
     assert m.worker_pids() == workers  # re-parented to the master, still serving
-    assert m.pool.failures == 0  # not a load failure: no backoff
-    actions = m.tick()
+    assert m.pool.failures == 1  # a crash of a serving preloader backs off (1 s)
+    assert m.tick() == []
+    actions = m.tick(51.0)
     new = m.preloader_pid()
     assert new != preloader
     assert actions == [StartPreloader(1), SpawnFromPreloader(new, 1)]
@@ -572,10 +575,8 @@ def test_smart_reload_replaces_workers_one_for_one_once_the_new_ones_serve() -> 
     assert m.pool.preloader is not None and m.pool.preloader.pid == candidate.pid
     assert m.pool.candidate is None
     actions = m.tick()
-    assert SpawnFromPreloader(candidate.pid, 2) in actions
-    assert [a.pid for a in actions if isinstance(a, StopPreloader)] == [old_preloader]
-    assert not any(isinstance(a, RetireWorker) for a in actions)
-    assert len(actions) == 2
+    assert actions == [SpawnFromPreloader(candidate.pid, 2)]
+    assert m.pool.previous is not None and m.pool.previous.pid == old_preloader  # kept until gen 2 serves
     assert m.tick() == []
 
     new_workers = m.fork_requested()
@@ -585,7 +586,9 @@ def test_smart_reload_replaces_workers_one_for_one_once_the_new_ones_serve() -> 
     assert m.tick(32.0) == [RetireWorker(old_workers[0], "generation 1 replaced")]
     assert m.tick(32.1) == []
     m.ready(new_workers[1])
-    assert m.tick(33.0) == [RetireWorker(old_workers[1], "generation 1 replaced")]
+    actions = m.tick(33.0)
+    assert [a.pid for a in actions if isinstance(a, StopPreloader)] == [old_preloader]
+    assert [a for a in actions if isinstance(a, RetireWorker)] == [RetireWorker(old_workers[1], "generation 1 replaced")]
     assert m.tick(33.1) == []
 
     # the old preloader and workers leave; nothing is respawned for them
@@ -742,7 +745,9 @@ def test_worker_reaped_before_its_spawn_report_is_forgotten_and_replaced() -> No
     assert m.pool.worker_spawned(age, pid, m.now) == killed(signal.SIGSEGV)
     assert pid not in m.pool.workers
     assert m.pool.pending == {} and m.pool.early_exits == {}
-    assert m.tick(10.1) == [SpawnFromPreloader(preloader, 1)]
+    assert m.pool.failures == 1  # it died before serving: a boot failure, with backoff
+    assert m.tick(10.1) == []
+    assert m.tick(11.0) == [SpawnFromPreloader(preloader, 1)]
 
 
 def test_early_exit_of_a_child_is_ignored_when_no_spawn_is_pending() -> None:
@@ -808,9 +813,20 @@ def test_direct_worker_boot_failure_without_halt_on_boot_failure_backs_off(code:
     assert m.tick(1.0) == [SpawnDirect(1)]
 
 
-def test_worker_exit_that_is_not_a_boot_error_does_not_count_as_failure() -> None:
+def test_any_death_before_the_first_heartbeat_is_a_boot_failure() -> None:
+    for status in (killed(signal.SIGKILL), killed(signal.SIGSEGV), exited(1), exited(0)):
+        m = Master(direct_pool(target=1))
+        m.tick(0.0)
+        m.worker_exit(m.worker_pids()[0], status)
+        assert m.pool.failures == 1 and m.pool.halt is None, status  # no halt: not gunicorn's 3 or 4
+        assert m.tick(0.1) == []  # backing off, never hot
+        assert m.tick(1.0) == [SpawnDirect(1)]
+
+
+def test_death_of_a_serving_worker_is_not_a_failure() -> None:
     m = Master(direct_pool(target=1))
     m.tick(0.0)
+    m.ready(*m.worker_pids())
     m.worker_exit(m.worker_pids()[0], killed(signal.SIGKILL))
     assert m.pool.failures == 0
     assert m.tick(0.1) == [SpawnDirect(1)]

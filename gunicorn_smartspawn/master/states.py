@@ -1,0 +1,58 @@
+"""The records an :class:`~gunicorn_smartspawn.master.pool.AppPool` keeps, and its backoff.
+
+Pure values: no system calls, no clock of their own (times are the monotonic
+readings the master passes in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+SpawnMethod = Literal["smart", "direct"]
+
+BACKOFF_FIRST: Final = 1.0
+BACKOFF_MAX: Final = 60.0
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: 1, 2, 4, ... capped at 60."""
+    if failures <= 0:
+        return 0.0
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 1)))
+
+
+@dataclass
+class PreloaderState:
+    pid: int
+    generation: int
+    started_at: float
+    last_used: float
+    ready_at: float | None = None
+    load_seconds: float | None = None
+    stop_reason: str | None = None  # set once the master was told to stop it
+    kill: bool = False  # stop it with SIGKILL, not by closing its channel (it hangs)
+    failed: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None and not self.failed
+
+
+@dataclass
+class WorkerState:
+    pid: int
+    age: int
+    generation: int
+    forked: bool
+    started_at: float
+    ready: bool = False
+    retiring: bool = False
+
+
+@dataclass
+class PendingSpawn:
+    age: int
+    generation: int
+    preloader_pid: int
+    requested_at: float
