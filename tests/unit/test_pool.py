@@ -17,6 +17,7 @@ import pytest
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, PRELOADER_LOAD_ERROR, WORKER_BOOT_ERROR
 from gunicorn_smartspawn.master.actions import (
+    KillWorker,
     Halt,
     RetireWorker,
     SpawnDirect,
@@ -868,3 +869,97 @@ def test_a_preloader_that_never_loads_is_killed_after_the_start_timeout() -> Non
     single.tick(0.0)
     actions = single.tick(6.0)
     assert isinstance(actions[-1], Halt) and actions[-1].exit_status == 4
+
+
+# -- spawn timeout, the previous generation, crashes of a serving preloader -----------------------
+
+
+def test_a_worker_that_never_serves_is_killed_after_the_spawn_timeout_and_backs_off() -> None:
+    m = Master(smart_pool(target=1, spawn_timeout=90.0, halt_on_boot_failure=False))
+    m.tick(0.0)
+    preloader = m.preloader_pid()
+    m.now = 1.0
+    m.preloader_ready(preloader)
+    (worker,) = m.fork_requested()
+    assert m.tick(91.0) == []  # 90 s after it was forked, not yet
+    (kill,) = m.tick(91.5)
+    assert kill == KillWorker(worker, "no first heartbeat within 90s (spawn_timeout)")
+    assert m.pool.failures == 1 and m.pool.workers[worker].retiring
+    m.worker_exit(worker, killed(signal.SIGKILL))
+    assert m.pool.failures == 1  # counted once, when it was killed
+    assert m.tick(91.6) == []  # backing off
+    assert m.tick(92.5) == [SpawnFromPreloader(preloader, 1)]
+
+
+def test_a_preloader_that_does_not_answer_a_spawn_request_is_killed() -> None:
+    m = Master(smart_pool(target=1, spawn_timeout=30.0, halt_on_boot_failure=False))
+    m.tick(0.0)
+    preloader = m.preloader_pid()
+    m.now = 1.0
+    m.preloader_ready(preloader)
+    assert m.tick(30.0) == []
+    actions = m.tick(30.5)
+    assert actions == [StopPreloader(preloader, "spawn timeout", kill=True)]
+    assert m.pool.failures == 1 and m.pool.preloader is None
+    assert m.tick(30.6) == []  # asked once
+    assert m.preloader_exit(preloader, killed(signal.SIGKILL)) == [1]
+    assert m.tick(31.4) == []  # backing off: 1 s after the failure
+    assert kinds(m.tick(32.0)) == [StartPreloader, SpawnFromPreloader]
+
+
+def test_spawn_timeout_zero_waits_forever() -> None:
+    m = Master(smart_pool(target=1, spawn_timeout=0, idle_timeout=0))
+    m.tick(0.0)
+    m.preloader_ready(m.preloader_pid())
+    m.fork_requested()
+    assert m.tick(100000.0) == []
+
+
+def test_old_workers_leaving_during_a_hung_rollout_are_replaced_from_the_previous_preloader() -> None:
+    m, old_preloader, old_workers = booted_smart(target=3, spawn_timeout=0)
+    m.pool.request_reload(10.0)
+    m.tick(10.0)
+    candidate = m.pool.candidate
+    assert candidate is not None
+    m.now = 11.0
+    m.preloader_ready(candidate.pid)
+    assert m.tick() == [SpawnFromPreloader(candidate.pid, 3)]
+    m.fork_requested(candidate.pid)  # forked, but they hang in their boot: none serves
+    # two old workers are recycled by max_requests: replaced from the old preloader, in the old generation
+    m.worker_exit(old_workers[0], exited(0))
+    m.worker_exit(old_workers[1], exited(0))
+    assert m.tick(12.0) == [SpawnFromPreloader(old_preloader, 2)]
+    backfill = m.fork_requested(old_preloader)
+    assert all(m.pool.workers[pid].generation == 1 for pid in backfill)
+    m.ready(*backfill)
+    assert m.tick(13.0) == []
+    serving = [pid for pid, w in m.pool.workers.items() if w.ready]
+    assert len(serving) == 3  # capacity never dropped below the target
+
+
+def test_the_previous_preloader_leaves_once_the_new_generation_serves_in_full() -> None:
+    m, old_preloader, old_workers = booted_smart(target=2)
+    m.pool.request_reload(10.0)
+    m.tick(10.0)
+    candidate = m.pool.candidate
+    assert candidate is not None
+    m.preloader_ready(candidate.pid)
+    m.tick(11.0)
+    new = m.fork_requested(candidate.pid)
+    m.ready(new[0])
+    assert StopPreloader(old_preloader, "generation 2 serves in full") not in m.tick(12.0)
+    m.ready(new[1])
+    actions = m.tick(13.0)
+    assert StopPreloader(old_preloader, "generation 2 serves in full") in actions
+    assert m.pool.previous is None
+    assert m.preloader_exit(old_preloader, exited(0)) == []
+    assert m.pool.failures == 0
+
+
+def test_a_serving_preloader_that_crashes_backs_off_and_a_clean_exit_does_not() -> None:
+    m, preloader, _ = booted_smart(target=1)
+    m.preloader_exit(preloader, killed(signal.SIGSEGV))
+    assert m.pool.failures == 1 and "SIGSEGV" in (m.pool.last_error or "")
+    m2, preloader2, _ = booted_smart(target=1)
+    m2.preloader_exit(preloader2, exited(0))
+    assert m2.pool.failures == 0
