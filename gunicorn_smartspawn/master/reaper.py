@@ -71,6 +71,8 @@ class Reaper:
         self.log_worker_exit(child.app, child.pid, status)
         pool = self.apps.pools.get(child.app)
         if pool is not None:
+            if child.worker.has_heartbeat():  # it served, maybe between two loop turns: not a boot failure
+                pool.worker_ready(child.pid)
             pool.worker_exited(child.pid, status, time.monotonic())
         self.spawner.discard(child.worker)
         self.master.cfg.child_exit(self.master, child.worker)

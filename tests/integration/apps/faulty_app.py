@@ -1,0 +1,50 @@
+"""Test app that misbehaves on purpose, steered by files (so a test can change it while it runs).
+
+FAULTY_DIR names a directory; in it:
+  exit-at-start   a worker calls os._exit(1) in starting_worker_process
+  segv-at-start   a worker kills itself with SIGSEGV there
+  block-at-start  a worker waits there while the file exists
+  block-gen-N     the same, only for workers of code generation N
+  generation      read once at import: the code generation each response names
+FAULTY_IGNORE_SIGCHLD=1 sets SIGCHLD to SIG_IGN at import (as some apps do).
+Every worker start is appended to $FAULTY_DIR/starts (one line per start).
+"""
+
+import json
+import os
+import signal
+import time
+
+from gunicorn_smartspawn import on_event
+
+DIR = os.environ["FAULTY_DIR"]
+try:  # which code this is: the file's contents when the app was imported
+    with open(os.path.join(DIR, "generation")) as _f:
+        GENERATION = _f.read().strip()
+except OSError:
+    GENERATION = "1"
+
+if os.environ.get("FAULTY_IGNORE_SIGCHLD"):
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def _flag(name):
+    return os.path.exists(os.path.join(DIR, name))
+
+
+@on_event("starting_worker_process")
+def _starting(forked):
+    with open(os.path.join(DIR, "starts"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if _flag("exit-at-start"):
+        os._exit(1)
+    if _flag("segv-at-start"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    while _flag("block-at-start") or _flag(f"block-gen-{GENERATION}"):
+        time.sleep(0.05)
+
+
+def app(environ, start_response):
+    body = json.dumps({"pid": os.getpid(), "generation": GENERATION}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
