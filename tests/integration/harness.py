@@ -10,19 +10,27 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 T = TypeVar("T")
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).resolve().parents[2]
+
+#: ``-k smartspawn.Worker``: the plugin's worker class, spawn method left to the configuration.
+SMARTSPAWN: Final = ("-k", "smartspawn.Worker")
+#: The plugin's worker class with each spawn method named on the command line.
+SMART: Final = (*SMARTSPAWN, "--spawn-method", "smart")
+DIRECT: Final = (*SMARTSPAWN, "--spawn-method", "direct")
 
 
 class Timeout(AssertionError):
@@ -160,6 +168,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def preloaders_started(self, app: str | None = None) -> list[tuple[int, int]]:
+        """(generation, pid) of every preloader the master logged as started, of ``app`` or of any app."""
+        pattern = re.compile(r"app=(\S+) preloader gen=(\d+) pid=(\d+) started$")
+        found = []
+        for line in self.log().splitlines():
+            match = pattern.search(line)
+            if match and app in (None, match.group(1)):
+                found.append((int(match.group(2)), int(match.group(3))))
+        return found
+
     def wait_log(self, text: str, timeout: float = 10.0, count: int = 1) -> str:
         return wait_for(lambda: self.log().count(text) >= count and self.log(), timeout, what=f"{text!r} x{count} in the log")
 
@@ -209,6 +227,26 @@ class Server:
     def wait_serving(self, timeout: float = 20.0) -> Any:
         return wait_for(lambda: self.get_json("/", timeout=2), timeout, what="the server to answer")
 
+    def app_pids(self, role: str, app: str) -> list[int]:
+        """Processes titled ``gunicorn: ROLE [APP]`` (a multi-app master names each app)."""
+        return self.by_title(f"{role} [{app}]")
+
+    def arg(self, flag: str) -> str | None:
+        """The value given to ``flag`` on the command line (``--flag VALUE`` or ``--flag=VALUE``)."""
+        args = list(self.args)
+        for i, a in enumerate(args):
+            if a == flag and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(flag + "="):
+                return a.split("=", 1)[1]
+        return None
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the master's smartspawn control socket (``--smartspawn-socket``)."""
+        path = self.arg("--smartspawn-socket")
+        assert path is not None, "this server was started without --smartspawn-socket"
+        return ask_control(Path(path), request)
+
     def pids_answering(self, wanted: set[int], timeout: float = 15.0) -> set[int]:
         """Send requests until every pid in ``wanted`` answered at least once."""
         seen: set[int] = set()
@@ -219,6 +257,103 @@ class Server:
 
         wait_for(all_seen, timeout, what=f"answers from {sorted(wanted)}", interval=0.0)
         return seen
+
+
+def app_pids(server: Server, role: str, app: str) -> list[int]:
+    """Processes of ``server`` titled ``gunicorn: ROLE [APP]``."""
+    return server.app_pids(role, app)
+
+
+def get_json(port: int, path: str = "/", timeout: float = 5.0) -> Any:
+    """GET ``path`` from 127.0.0.1:``port``; it must answer 200 with JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, (resp.status, body[:500])
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def ask_control(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One JSON request line to a smartspawn control socket; its one JSON reply."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    reply: dict[str, Any] = json.loads(data)
+    return reply
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request made by :class:`Load`."""
+
+    started: float  # monotonic
+    ended: float
+    ok: bool
+    why: str  # "" when ok: "status 502", or the exception's repr
+    body: Any = None  # the JSON answer of a request that succeeded, when it was JSON
+
+
+class Load:
+    """Requests in a loop from a few threads, each one's start, end and outcome kept.
+
+    ``with Load(server, threads=4) as load: ...``: the threads run until the
+    block ends. Appending to a list is atomic, so the threads share ``results``.
+    """
+
+    def __init__(self, server: Server, threads: int = 1, path: str = "/", timeout: float = 10.0) -> None:
+        self.server, self.path, self.timeout = server, path, timeout
+        self.results: list[Outcome] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                resp = self.server.request(self.path, timeout=self.timeout)
+            except Exception as exc:  # every failure counts
+                self.results.append(Outcome(started, time.monotonic(), False, repr(exc)))
+                continue
+            if resp.status != 200:
+                self.results.append(Outcome(started, time.monotonic(), False, f"status {resp.status}"))
+                continue
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+            self.results.append(Outcome(started, time.monotonic(), True, "", body))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+        assert not any(t.is_alive() for t in self._threads), "a load thread did not stop"
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [r for r in self.results if not r.ok]
+
+    def answers(self, key: str) -> list[Any]:
+        """``key`` of every successful JSON answer, in the order they arrived."""
+        return [r.body[key] for r in list(self.results) if r.ok and isinstance(r.body, dict) and key in r.body]
+
+    def wait_more(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` more requests have been answered successfully than now."""
+        target = sum(1 for r in list(self.results) if r.ok) + count
+        wait_for(lambda: sum(1 for r in list(self.results) if r.ok) >= target, timeout, what=f"{count} more answers")
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -279,3 +414,28 @@ def fd_targets(pid: int) -> dict[int, str]:
 def fd_kinds(pid: int, kind: str) -> set[str]:
     """The targets of ``pid``'s descriptors that are of ``kind`` ('socket', 'pipe'): 'socket:[N]', ..."""
     return {t for t in fd_targets(pid).values() if t.startswith(kind + ":")}
+
+
+def tcp_listeners(port: int) -> set[str]:
+    """Socket inodes ('socket:[N]') listening on TCP ``port`` (IPv4 and IPv6), from /proc/net/tcp*."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                lines = f.readlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            # sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f"socket:[{parts[9]}]")
+    return found
+
+
+def holds_unix_sockets_at(pid: int, paths: Sequence[str]) -> bool:
+    """Does ``pid`` hold a unix socket bound at every one of ``paths``?"""
+    named = unix_socket_inodes()
+    held = {named.get(t) for t in fd_targets(pid).values() if t.startswith("socket:")}
+    return all(p in held for p in paths)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import APPS, REPO, free_port, group_members
+from harness import APPS, REPO, SMARTSPAWN, free_port, group_members
 
 
 def run_gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None, prelude: str = "",
@@ -34,37 +34,35 @@ def run_gunicorn(tmp_path: Path, *args: str, env: dict[str, str] | None = None, 
     return subprocess.CompletedProcess(argv, proc.returncode, out, "")
 
 
-SMART = ["-k", "smartspawn.Worker"]
-
 
 def test_unknown_spawn_method(tmp_path):
-    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", "fast", "probe_app:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--spawn-method", "fast", "probe_app:app")
     assert result.returncode == 2
     assert "argument --spawn-method: invalid choice: 'fast' (choose from 'smart', 'direct')" in result.stdout
 
 
 def test_unknown_spawn_method_in_config_file(tmp_path):
     (tmp_path / "gunicorn.conf.py").write_text("spawn_method = 'fast'\n")
-    result = run_gunicorn(tmp_path, *SMART, "probe_app:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app")
     assert result.returncode == 1
     assert "spawn_method='fast' is not valid: expected 'smart'" in result.stdout
 
 
 def test_negative_idle_timeout(tmp_path):
-    result = run_gunicorn(tmp_path, *SMART, "--preloader-idle-timeout", "-5", "probe_app:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--preloader-idle-timeout", "-5", "probe_app:app")
     assert result.returncode == 1
     assert "Error: preloader_idle_timeout=-5 is not valid: expected a whole number of seconds >= 0" in result.stdout
 
 
 def test_env_var_settings_are_read(tmp_path):
-    result = run_gunicorn(tmp_path, *SMART, "probe_app:app", env={"GUNICORN_CMD_ARGS": "--spawn-method=bogus"})
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app", env={"GUNICORN_CMD_ARGS": "--spawn-method=bogus"})
     assert result.returncode == 2
     assert "invalid choice: 'bogus'" in result.stdout
 
 
 @pytest.mark.parametrize("method", ["smart", "direct"])
 def test_missing_module_exits_with_app_load_error(tmp_path, method):
-    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", method, "no_such_module:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--spawn-method", method, "no_such_module:app")
     assert result.returncode == 4, result.stdout
     assert "Reason: app no_such_module: could not load" in result.stdout
     if method == "smart":
@@ -73,20 +71,20 @@ def test_missing_module_exits_with_app_load_error(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["smart", "direct"])
 def test_app_raising_at_import_exits_with_app_load_error(tmp_path, method):
-    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", method, "probe_app:app",
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--spawn-method", method, "probe_app:app",
                           env={"PROBE_FAIL_IMPORT": "1"})
     assert result.returncode == 4, result.stdout
     assert "probe_app refuses to import" in result.stdout
 
 
 def test_missing_attribute(tmp_path):
-    result = run_gunicorn(tmp_path, *SMART, "probe_app:nothing_here")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:nothing_here")
     assert result.returncode == 4
     assert "Failed to find attribute 'nothing_here' in 'probe_app'" in result.stdout.splitlines()[-1]
 
 
 def test_preload_with_direct_is_refused(tmp_path):
-    result = run_gunicorn(tmp_path, *SMART, "--spawn-method", "direct", "--preload", "probe_app:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--spawn-method", "direct", "--preload", "probe_app:app")
     assert result.returncode == 1
     assert "preload_app=True (--preload) conflicts with spawn_method='direct'" in result.stdout
 
@@ -95,14 +93,14 @@ def test_preloader_dying_while_starting(tmp_path):
     # the app kills its own process during import: the preloader dies without a word
     app = tmp_path / "suicidal.py"
     app.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\napp = None\n")
-    result = run_gunicorn(tmp_path, *SMART, "--pythonpath", str(tmp_path), "suicidal:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "--pythonpath", str(tmp_path), "suicidal:app")
     assert result.returncode == 4
     assert "ended by signal SIGKILL while loading the app" in result.stdout.splitlines()[-1]
 
 
 def test_without_the_startup_hook_the_worker_class_says_how_to_fix(tmp_path):
     prelude = "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != '_Finder']\n"
-    result = run_gunicorn(tmp_path, *SMART, "probe_app:app", prelude=prelude)
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app", prelude=prelude)
     assert result.returncode == 1
     assert "needs gunicorn-smartspawn's startup hook" in result.stdout
     assert "pip install gunicorn-smartspawn" in result.stdout
@@ -197,6 +195,6 @@ def test_an_app_bind_in_use_names_the_app(tmp_path):
 
 def test_workers_that_cannot_boot_halt_a_single_smart_app_with_code_3(tmp_path):
     (tmp_path / "gunicorn.conf.py").write_text("def post_fork(server, worker):\n    raise RuntimeError('no')\n")
-    result = run_gunicorn(tmp_path, *SMART, "probe_app:app")
+    result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app")
     assert result.returncode == 3, result.stdout
     assert "worker failed to boot" in result.stdout.splitlines()[-1]

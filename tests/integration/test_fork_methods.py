@@ -7,9 +7,7 @@ import signal
 
 import pytest
 
-from harness import import_count, read_stat, wait_for
-
-SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
+from harness import SMART, import_count, read_stat
 
 
 @pytest.mark.parametrize("fork", ["auto", "double-fork"])

@@ -24,9 +24,7 @@ from typing import Any
 
 import pytest
 
-from harness import APPS, Server, free_port, wait_for
-
-SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
+from harness import APPS, SMART, Server, free_port, wait_for
 
 
 # -- servers the tests talk to ------------------------------------------------------------

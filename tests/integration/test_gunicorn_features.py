@@ -12,12 +12,25 @@ import threading
 import time
 from pathlib import Path
 
+import gunicorn
 import pytest
 
-from harness import APPS, fd_kinds, import_count, read_stat, wait_for
+from harness import (
+    APPS,
+    DIRECT,
+    SMART,
+    SMARTSPAWN,
+    fd_kinds,
+    fd_targets,
+    free_port,
+    group_members,
+    import_count,
+    read_stat,
+    steal_fd,
+    tcp_listeners,
+    wait_for,
+)
 
-SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
-DIRECT = ["-k", "smartspawn.Worker", "--spawn-method", "direct"]
 MODES = pytest.mark.parametrize("mode", [SMART, DIRECT], ids=["smart", "direct"])
 
 
@@ -54,7 +67,7 @@ def test_gunicorn_hooks_and_events_run_where_documented(server_factory, tmp_path
     for name in ("post_fork", "post_worker_init", "worker_exit", "starting_worker_process", "stopping_worker_process"):
         assert by_name.get(name), f"{name} never ran"
         assert all(h["title"].startswith("gunicorn: worker") for h in by_name[name]), (name, by_name[name])
-    forked = mode is SMART
+    forked = mode == SMART
     assert all(h["forked"] is forked for h in by_name["starting_worker_process"])
     assert all(h["forked"] is forked for h in by_name["post_fork"])
     # the Passenger event comes before gunicorn's post_fork in a forked worker, after the import in a direct one
@@ -96,7 +109,7 @@ def test_max_requests_recycles_workers(server_factory, import_log, mode):
         except OSError:
             pass
     assert len(pids) >= 3, pids
-    if mode is SMART:
+    if mode == SMART:
         assert len(import_count(import_log)) == 1  # recycled workers are forked again, not re-imported
     else:
         assert len(import_count(import_log)) >= 3
@@ -105,12 +118,13 @@ def test_max_requests_recycles_workers(server_factory, import_log, mode):
 @MODES
 def test_threads_use_gthread(server_factory, mode, event_log):
     server = server_factory(*mode, "-w", "1", "--threads", "4", "probe_app:app")
-    server.wait_workers(1)
+    [worker] = server.wait_workers(1)
     server.wait_serving()
-    results: list[int] = []
+    results: list[tuple[int, int]] = []
 
     def call() -> None:
-        results.append(server.request("/sleep?1", timeout=10).status)
+        resp = server.request("/sleep?1", timeout=10)
+        results.append((resp.status, resp.json()["pid"]))
 
     threads = [threading.Thread(target=call) for _ in range(4)]
     started = time.monotonic()
@@ -118,9 +132,9 @@ def test_threads_use_gthread(server_factory, mode, event_log):
         t.start()
     for t in threads:
         t.join(15)
-    assert results == [200] * 4
-    assert time.monotonic() - started < 3.5  # four 1 s requests ran concurrently in one worker
-    assert "ThreadedWorker" in server.log() or "gthread" in server.log() or True
+    elapsed = time.monotonic() - started
+    assert results == [(200, worker)] * 4  # one worker answered all four...
+    assert elapsed < 3.5, elapsed  # ...four 1 s requests at once: its threads
 
 
 def test_unix_socket_bind(server_factory):
@@ -129,10 +143,46 @@ def test_unix_socket_bind(server_factory):
     assert server.wait_serving()["forked"] is True
 
 
+def _listeners_held(pid: int, port: int) -> dict[int, str]:
+    """``pid``'s descriptors that are listening TCP sockets on ``port``: fd -> 'socket:[inode]'."""
+    listening = tcp_listeners(port)
+    return {fd: target for fd, target in fd_targets(pid).items() if target in listening}
+
+
+def _reuse_port_set(pid: int, fd: int) -> bool:
+    with socket.socket(fileno=steal_fd(pid, fd)) as sock:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+
+
 def test_reuse_port(server_factory):
     server = server_factory(*SMART, "-w", "2", "--reuse-port", "probe_app:app")
     workers = server.wait_workers(2)
     server.pids_answering(set(workers))
+    [preloader] = server.preloaders()
+    held = {pid: _listeners_held(pid, server.port) for pid in (server.pid, preloader, *workers)}
+    for pid in workers:
+        assert len(held[pid]) == 1, (pid, held[pid])
+        [(fd, _)] = held[pid].items()
+        assert _reuse_port_set(pid, fd), f"worker {pid}'s listener lacks SO_REUSEPORT"
+    if gunicorn.version_info < (27,):
+        # the arbiter binds one SO_REUSEPORT socket, inherited by every worker
+        assert len({t for pid in workers for t in held[pid].values()}) == 1, held
+        return
+    # gunicorn 27: every worker binds its own; the master and the preloader hold none, so the
+    # kernel spreads connections over live workers' queues only
+    assert held[server.pid] == {} and held[preloader] == {}, held
+    inodes = {pid: set(held[pid].values()) for pid in workers}
+    assert inodes[workers[0]].isdisjoint(inodes[workers[1]]), inodes
+    assert tcp_listeners(server.port) == inodes[workers[0]] | inodes[workers[1]]
+    # a replacement binds its own too, and the dead worker's listener is gone with it
+    os.kill(workers[0], signal.SIGKILL)
+    [new] = [p for p in server.wait_workers(2, exclude=[workers[0]]) if p != workers[1]]
+    wait_for(lambda: len(_listeners_held(new, server.port)) == 1, what="the new worker's listener")
+    mine = set(_listeners_held(new, server.port).values())
+    assert mine.isdisjoint(inodes[workers[0]] | inodes[workers[1]])
+    wait_for(lambda: tcp_listeners(server.port) == mine | inodes[workers[1]],
+             what="exactly one listener per live worker")
+    server.pids_answering({new, workers[1]})
 
 
 def test_systemd_socket_activation(tmp_path, server_factory):
@@ -147,8 +197,6 @@ def test_systemd_socket_activation(tmp_path, server_factory):
         "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_PID'] = str(os.getpid())\n"
         "os.execv(sys.executable, [sys.executable, '-m', 'gunicorn', *sys.argv[2:]])\n"
     )
-    from harness import free_port
-
     port = free_port()
     server = server_factory(*SMART, "-w", "2", "probe_app:app", bind=False,
                             launcher=[sys.executable, str(wrapper), str(port)])
@@ -232,10 +280,40 @@ def test_gunicornc_show_workers(server_factory, tmp_path):
     assert len(server.preloaders()) == 1
 
 
-def test_worker_parent_is_master_after_many_spawns(server_factory):
-    server = server_factory(*SMART, "-w", "4", "probe_app:app")
-    workers = server.wait_workers(4)
-    assert all(read_stat(p)[1] == server.pid for p in workers)
+@pytest.mark.parametrize("fork", ["auto", "double-fork"])
+def test_worker_parent_is_master_after_many_spawns(server_factory, import_log, fork):
+    server = server_factory(*SMART, "--smart-fork", fork, "-w", "2", "probe_app:app")
+    current = server.wait_workers(2)
+    [preloader] = server.preloaders()
+    spawned = set(current)
+
+    def check(workers: list[int]) -> None:
+        for pid in set(workers) - spawned:
+            stat = read_stat(pid)
+            assert stat is not None and stat[1] == server.pid, f"worker {pid} has parent {stat}, not the master"
+        spawned.update(workers)
+
+    deadline = time.monotonic() + 60
+    while len(spawned) < 24:  # each round spawns two: one for TTIN, one to replace a killed worker
+        assert time.monotonic() < deadline, f"only {len(spawned)} workers spawned within 60 s"
+        server.signal(signal.SIGTTIN)
+        check(server.wait_workers(3))
+        server.signal(signal.SIGTTOU)
+        current = server.wait_workers(2)
+        victim = current[0]
+        os.kill(victim, signal.SIGKILL)
+        current = server.wait_workers(2, exclude=[victim])
+        check(current)
+    assert server.preloaders() == [preloader]  # every one of them forked by the one preloader
+    assert len(import_count(import_log)) == 1
+    assert server.log().count(f"by preloader pid={preloader}") >= len(spawned)
+
+    def only_the_tree() -> bool:  # no zombie, no leftover intermediate process
+        workers = server.workers()
+        return len(workers) == 2 and sorted(group_members(server.pid)) == sorted([server.pid, preloader, *workers])
+
+    wait_for(only_the_tree, what="only the master, the preloader and two workers")
+    server.pids_answering(set(server.workers()))
 
 
 def test_statsd_receives_per_app_gauges_and_spawn_timings(server_factory):
@@ -284,28 +362,18 @@ def test_usr1_reaches_the_preloader_so_later_workers_log_to_the_new_file(server_
     server.signal(signal.SIGUSR1)
     wait_for(lambda: errlog.exists(), what="the master to reopen its log")
     [preloader] = server.preloaders()
-    wait_for(lambda: any(t == str(errlog) for t in _fd_paths(preloader)), what="the preloader to reopen its log")
+    wait_for(lambda: str(errlog) in fd_targets(preloader).values(), what="the preloader to reopen its log")
     server.signal(signal.SIGTTIN)
     workers = server.wait_workers(2)
     newest = max(workers)
-    assert str(tmp_path / "error.log.1") not in _fd_paths(newest)
+    assert str(tmp_path / "error.log.1") not in fd_targets(newest).values()
     wait_for(lambda: f"Booting worker with pid: {newest}" in errlog.read_text(), what="the new worker in the new log")
-
-
-def _fd_paths(pid: int) -> list[str]:
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            pass
-    return out
 
 
 def test_preload_added_to_a_direct_config_is_ignored_on_hup(server_factory, tmp_path):
     conf = tmp_path / "conf.py"
     conf.write_text("spawn_method = 'direct'\n")
-    server = server_factory("-k", "smartspawn.Worker", "-w", "1", "-c", str(conf), "probe_app:app")
+    server = server_factory(*SMARTSPAWN, "-w", "1", "-c", str(conf), "probe_app:app")
     [first] = server.wait_workers(1)
     conf.write_text("spawn_method = 'direct'\npreload_app = True\n")
     server.signal(signal.SIGHUP)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -12,27 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server, fd_kinds, free_port, read_stat, wait_for
+from harness import SMARTSPAWN, app_pids, fd_kinds, free_port, get_json, read_stat, wait_for
 
 
 def write_conf(path: Path, apps: dict, extra: str = "") -> Path:
     path.write_text(f"worker_class = 'smartspawn.Worker'\napps = {apps!r}\n{extra}")
     return path
-
-
-def get(port: int, path: str = "/") -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return json.loads(resp.read())
-    finally:
-        conn.close()
-
-
-def app_pids(server: Server, role: str, name: str) -> list[int]:
-    return server.by_title(f"{role} [{name}]")
 
 
 def listening_inodes(pid: int) -> set[str]:
@@ -80,9 +64,9 @@ def test_each_app_answers_from_its_own_workers(three_apps):
     shop_workers = set(app_pids(server, "worker", "shop"))
     blog_workers = set(app_pids(server, "worker", "blog"))
     for _ in range(8):
-        shop = get(ports["shop"])
+        shop = get_json(ports["shop"])
         assert shop["pid"] in shop_workers and shop["forked"] is True
-        blog = get(ports["blog"])
+        blog = get_json(ports["blog"])
         assert blog["pid"] in blog_workers and blog["forked"] is False
         assert blog["flavor"] == "blog-env"
     admin = unix_get(admin_sock)
@@ -142,14 +126,14 @@ def test_a_broken_app_backs_off_while_the_others_serve(tmp_path, server_factory)
     assert time.monotonic() - started >= 2.5
     assert len(starts()) <= 4
     assert server.proc.poll() is None
-    assert get(ports["good"])["pid"] in app_pids(server, "worker", "good")
+    assert get_json(ports["good"])["pid"] in app_pids(server, "worker", "good")
     # the bad app's address is bound: connections wait instead of being refused
     s = socket.create_connection(("127.0.0.1", ports["bad"]), timeout=2)
     s.close()
 
 
 def test_one_app_form_still_halts_when_its_only_app_cannot_load(server_factory):
-    server = server_factory("-k", "smartspawn.Worker", "no_such_module_anywhere:app")
+    server = server_factory(*SMARTSPAWN, "no_such_module_anywhere:app")
     assert server.wait_exit() == 4
 
 
@@ -171,11 +155,11 @@ def test_hup_adds_and_removes_apps(tmp_path, server_factory):
     wait_for(lambda: len(app_pids(server, "worker", "three")) == 1, what="the new app")
     wait_for(lambda: app_pids(server, "worker", "two") == [] and app_pids(server, "preloader", "two") == [],
              what="the removed app to stop")
-    assert get(ports["three"])["app"] == "env_app"
+    assert get_json(ports["three"])["app"] == "env_app"
     server.wait_log("app=two stopped and removed")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", ports["two"]), timeout=2).close()
-    assert get(ports["one"])["pid"] in app_pids(server, "worker", "one")
+    assert get_json(ports["one"])["pid"] in app_pids(server, "worker", "one")
 
 
 def _uid(pid: int) -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import threading
-import time
 from pathlib import Path
 
-from harness import Server, wait_for
+from harness import DIRECT, SMART, Load, wait_for
 
-SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
 APP_TEMPLATE = '''
 import os
 VERSION = {version!r}
@@ -25,50 +23,21 @@ def write_app(path: Path, version: str, extra: str = "") -> None:
     path.write_text(APP_TEMPLATE.format(version=version, extra=extra))
 
 
-class Load:
-    """Requests in a loop from a thread, counting every failure."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.failures: list[str] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                resp = self.server.request("/", timeout=5)
-                if resp.status != 200:
-                    self.failures.append(f"status {resp.status}")
-                else:
-                    self.versions.append(resp.json()["version"])
-            except Exception as exc:  # every failure counts
-                self.failures.append(repr(exc))
-
-    def __enter__(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 def test_hup_loads_new_code_without_failed_requests(server_factory, tmp_path):
     write_app(tmp_path / "versioned.py", "v1")
     server = server_factory(*SMART, "-w", "2", "versioned:app", env={"PYTHONDONTWRITEBYTECODE": "1"})
     old_workers = server.wait_workers(2)
     [old_preloader] = server.preloaders()
     assert server.get_json("/")["version"] == "v1"
-    with Load(server) as load:
-        wait_for(lambda: len(load.versions) > 20, what="load to run")
+    with Load(server, timeout=5) as load:
+        wait_for(lambda: len(load.answers("version")) > 20, what="load to run")
         write_app(tmp_path / "versioned.py", "v2")
         server.signal(signal.SIGHUP)
-        wait_for(lambda: load.versions[-30:] == ["v2"] * 30, timeout=20, what="only v2 answers")
+        wait_for(lambda: load.answers("version")[-30:] == ["v2"] * 30, timeout=20, what="only v2 answers")
         wait_for(lambda: not set(old_workers) & set(server.workers()), what="old workers retired")
-        time.sleep(0.2)  # keep the load on while the old generation drains
+        load.wait_more(20)  # the load goes on after the old generation is gone
     assert load.failures == []
+    assert load.answers("version")[-20:] == ["v2"] * 20
     [new_preloader] = server.preloaders()
     assert new_preloader != old_preloader
     assert len(server.workers()) == 2
@@ -90,8 +59,6 @@ def test_hup_with_broken_code_keeps_the_old_workers(server_factory, tmp_path):
     for _ in range(10):
         assert server.get_json("/")["version"] == "v1"
     # a worker that dies now is replaced from the old, working generation
-    import os
-
     os.kill(workers[0], signal.SIGKILL)
     server.wait_workers(2, exclude=[workers[0]])
     assert server.get_json("/")["version"] == "v1"
@@ -103,8 +70,7 @@ def test_hup_with_broken_code_keeps_the_old_workers(server_factory, tmp_path):
 
 def test_hup_in_direct_mode_restarts_workers_with_new_code(server_factory, tmp_path):
     write_app(tmp_path / "versioned.py", "v1")
-    server = server_factory("-k", "smartspawn.Worker", "--spawn-method", "direct", "-w", "2", "versioned:app",
-                            env={"PYTHONDONTWRITEBYTECODE": "1"})
+    server = server_factory(*DIRECT, "-w", "2", "versioned:app", env={"PYTHONDONTWRITEBYTECODE": "1"})
     old = server.wait_workers(2)
     server.wait_serving()
     write_app(tmp_path / "versioned.py", "v2")

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import import_count, read_stat, wait_for
-
-SMART = ["-k", "smartspawn.Worker", "--spawn-method", "smart"]
-DIRECT = ["-k", "smartspawn.Worker", "--spawn-method", "direct"]
+from harness import DIRECT, SMART, import_count, read_stat, wait_for
 
 
 def events(path: Path, name: str) -> list[dict]:

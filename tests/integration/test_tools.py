@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import Server, free_port, read_stat, wait_for
+from harness import Server, app_pids, free_port, get_json, read_stat, wait_for
 
 MB = 2**20
 TOOL = [sys.executable, "-m", "gunicorn_smartspawn.control.cli"]
@@ -36,10 +36,6 @@ def smartspawn(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
 
 def as_json(*args: str) -> Any:
     return json.loads(smartspawn(*args, "--json").stdout)
-
-
-def app_pids(server: Server, role: str, name: str) -> list[int]:
-    return server.by_title(f"{role} [{name}]")
 
 
 def vm_rss(pid: int) -> int:
@@ -72,19 +68,6 @@ def start_two_apps(tmp_path: Path, server_factory: Callable[..., Server]) -> Cal
     return start
 
 
-def get(port: int) -> dict[str, Any]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return json.loads(resp.read())  # type: ignore[no-any-return]
-    finally:
-        conn.close()
-
-
 def check_memory_report(report: dict[str, Any], server: Server) -> None:
     """The report against /proc: the very processes of the tree, their roles, and visible sharing."""
     assert report["protocol"] == 1
@@ -115,7 +98,7 @@ def check_memory_report(report: dict[str, Any], server: Server) -> None:
 
 def test_status_and_memory_of_a_two_app_server(start_two_apps: Callable[..., tuple[Server, dict[str, int], str]]) -> None:
     server, ports, sock = start_two_apps()
-    answered = [get(ports["shop"])["pid"] for _ in range(12)]
+    answered = [get_json(ports["shop"])["pid"] for _ in range(12)]
 
     def status_counts_requests() -> Any:
         status = as_json("status", "-s", sock)
