@@ -98,7 +98,7 @@ class Reaper:
         pool = self.apps.pools.get(child.app)
         stopping = pool is not None and pool.is_stopping(child.pid)
         lost = pool.preloader_exited(child.pid, status, time.monotonic()) if pool else None
-        expected = exit_code(status) == 0 or (stopping and status == signal.SIGTERM)
+        expected = exit_code(status) == 0 or stopping
         log = self.log.info if expected else self.log.error
         log("app=%s preloader gen=%d pid=%d exited (%s)", child.app, child.generation, child.pid, describe_status(status))
         for worker in self.children.drop_pending(child.app, lost or []):
@@ -173,6 +173,15 @@ class Reaper:
         stat = _linux.proc_stat(pid)
         if stat is None or stat.ppid != self.master.pid:
             return "which is not a child of the master"
+        spec = self.apps.specs.get(pool.name)
+        uid = getattr(spec.cfg, "uid", None) if spec is not None else None
+        if isinstance(uid, int) and uid != os.geteuid():
+            try:
+                owner = os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                return "which is gone"
+            if owner != uid:  # another app's process (apps run as their own users)
+                return f"which runs as uid {owner}, not as the app's uid {uid}"
         return None
 
     def _worker_spawned(self, pool: AppPool, preloader: Child, message: WorkerSpawned, now: float) -> None:
