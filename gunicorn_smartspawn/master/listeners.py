@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,8 +41,13 @@ def listener_key(listener: Any) -> str:
     return normalize_bind(text)
 
 
-def bind_apps(specs: Iterable[AppSpec], cfg: Any, log: Any, fds: Sequence[int] = ()) -> None:
-    """Give each spec without listeners its sockets: inherited ones first, then new ones."""
+def bind_apps(specs: Iterable[AppSpec], cfg: Any, log: Any, fds: Sequence[int] = (), strict: bool = True) -> dict[str, str]:
+    """Give each spec without listeners its sockets: inherited ones first, then new ones.
+
+    ``strict`` (at start): a bind failure raises. Otherwise (a reload) it is
+    returned as app name -> error, and that app's other new sockets closed.
+    """
+    failed: dict[str, str] = {}
     by_key: dict[str, Any] = {}
     for fd in fds:
         [listener] = sock.create_sockets(cfg, log, [fd])
@@ -49,15 +55,21 @@ def bind_apps(specs: Iterable[AppSpec], cfg: Any, log: Any, fds: Sequence[int] =
     for spec in specs:
         if spec.listeners or spec.config is None:
             continue
-        for bind in spec.config.binds:
-            listener = by_key.pop(normalize_bind(bind), None) or bind_one(spec, bind, log)
-            spec.listeners.append(listener)
+        try:
+            for bind in spec.config.binds:
+                listener = by_key.pop(normalize_bind(bind), None) or bind_one(spec, bind, log)
+                spec.listeners.append(listener)
+        except RuntimeError as exc:
+            if strict:
+                raise
+            failed[spec.name] = str(exc)
     for listener in by_key.values():
         log.info("Closing inherited listener %s: no app binds it any more", listener)
         listener.close()
+    return failed
 
 
-def bind_one(spec: AppSpec, bind: str, log: Any) -> Any:
+def bind_one(spec: AppSpec, bind: str, log: Any, retry: bool = True) -> Any:
     """One new listener for ``bind`` with the app's settings; RuntimeError naming the app if it fails."""
     address = util.parse_address(bind)
     sock_type = sock._sock_type(address)
@@ -65,7 +77,7 @@ def bind_one(spec: AppSpec, bind: str, log: Any) -> Any:
         try:
             return sock_type(address, spec.cfg, log)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_ATTEMPTS:
+            if exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_ATTEMPTS and retry:
                 log.error("app=%s address in use: %s, retrying", spec.name, bind)
                 time.sleep(0.5)
                 continue
@@ -77,3 +89,19 @@ def bind_one(spec: AppSpec, bind: str, log: Any) -> Any:
 
 def close(listeners: Iterable[Any], unlink: bool) -> None:
     sock.close_sockets(list(listeners), unlink)
+
+
+def accepting(listener: Any) -> bool:
+    """Does ``listener`` still accept connections? A worker (app code) may have
+    called ``shutdown()`` on it, which ends listening for every process sharing it."""
+    try:
+        return bool(listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+def rebind(listener: Any, cfg: Any, log: Any) -> Any:
+    """A new listener at ``listener``'s address (the old one is closed, its path kept)."""
+    address = listener.cfg_addr
+    listener.close()
+    return sock._sock_type(address)(address, cfg, log)

@@ -3,19 +3,8 @@
 Pure bookkeeping, no system calls: the master feeds it what happened with
 the monotonic time, and carries out the actions :meth:`AppPool.tick` returns.
 
-Generations: every reload (HUP) starts a new generation. A smart app keeps
-serving from generation N while the preloader of N+1 imports the new code;
-only when that preloader is ready does N+1 become current. Workers of an
-older generation are retired one for one as workers of the current
-generation become ready (their first heartbeat), so capacity never drops and
-a reload whose code fails to load retires nobody. The preloader of N stays
-(``previous``) until N+1 has all its workers serving: an old worker that
-leaves meanwhile (``max_requests``, a crash) is replaced from it, so new
-workers that hang in their boot never drain the app.
-
-Failures settle: a worker's death before its first heartbeat, a preloader
-crash, and nothing served within ``spawn_timeout`` each count, and the app
-backs off (1, 2, 4 ... 60 s).
+Generations, the previous preloader kept through a rollout, and failure
+backoff are explained in docs/architecture.md ("Reload: generations").
 """
 
 from __future__ import annotations
@@ -24,7 +13,8 @@ from dataclasses import dataclass, field
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
 from gunicorn_smartspawn.master import actions as act
-from gunicorn_smartspawn.master.states import PendingSpawn, PreloaderState, SpawnMethod, WorkerState, backoff_delay
+from gunicorn_smartspawn.master.states import SPAWN_BURST, PendingSpawn, PreloaderState, SpawnMethod, WorkerState, backoff_delay
+
 
 @dataclass
 class AppPool:
@@ -65,6 +55,13 @@ class AppPool:
             self.reload_requested = False
         else:
             self.preloader = state
+
+    def start_failed(self, what: str, error: str, now: float, generation: int | None = None) -> None:
+        """The master could not create a process (fork, socketpair, EMFILE...): back off, and
+        ask again for a new generation that never started (a HUP is never lost)."""
+        self._record_failure(f"could not {what}: {error}", now)
+        if generation is not None and generation > self.generation:
+            self.reload_requested = True
 
     def preloader_ready(self, pid: int, load_seconds: float, now: float) -> None:
         state = self._preloader(pid)
@@ -239,7 +236,7 @@ class AppPool:
         """Spawn up to the target in the current generation, or retire the surplus."""
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         in_flight = [p for p in self.pending.values() if p.generation == self.generation]
-        need = self.target - len(current) - len(in_flight)
+        need = min(self.target - len(current) - len(in_flight), SPAWN_BURST)
         if need > 0 and may_start:
             if self.spawn_method == "direct":
                 return [act.SpawnDirect(need)]

@@ -13,6 +13,9 @@ SpawnMethod = Literal["smart", "direct"]
 
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 60.0
+#: The most workers one app asks for in one pass of the master's loop: a large
+#: ``scale`` or TTIN is paced over several passes instead of one burst of forks.
+SPAWN_BURST: Final = 32
 
 
 def backoff_delay(failures: int) -> float:

@@ -197,4 +197,4 @@ def test_workers_that_cannot_boot_halt_a_single_smart_app_with_code_3(tmp_path):
     (tmp_path / "gunicorn.conf.py").write_text("def post_fork(server, worker):\n    raise RuntimeError('no')\n")
     result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app")
     assert result.returncode == 3, result.stdout
-    assert "worker failed to boot" in result.stdout.splitlines()[-1]
+    assert "worker died before serving" in result.stdout.splitlines()[-1]

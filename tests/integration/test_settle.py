@@ -91,3 +91,15 @@ def test_a_worker_that_never_serves_is_killed_after_the_spawn_timeout(server_fac
     server.wait_log("did not serve within 2s (spawn_timeout): killed", timeout=20)
     assert server.proc.poll() is None or server.wait_exit() == 3
     (directory / "block-at-start").unlink()
+
+
+def test_a_listener_shut_down_by_a_worker_is_bound_again(server_factory, tmp_path):
+    server, directory = faulty(server_factory, tmp_path, "-w", "2")
+    server.wait_workers(2)
+    try:
+        server.request("/shutdown-listener", timeout=3)
+    except Exception:
+        pass  # the answer may be lost with the listener
+    server.wait_log("stopped accepting connections: binding it again", timeout=10)
+    wait_for(lambda: server.get_json()["generation"] == "1", 20, "answers again on the same port")
+    assert server.proc.poll() is None

@@ -44,7 +44,27 @@ def _starting(forked):
         time.sleep(0.05)
 
 
+def _shut_listeners():
+    """What a careless app can do: shutdown() ends listening for every process sharing the socket."""
+    import socket
+
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.fromfd(int(name), socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
 def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/shutdown-listener":
+        _shut_listeners()
     body = json.dumps({"pid": os.getpid(), "generation": GENERATION}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
