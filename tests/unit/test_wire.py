@@ -1,29 +1,46 @@
-"""The master <-> preloader wire protocol: messages, framing, descriptors, the channel."""
+"""The master <-> preloader wire protocol: messages, framing, descriptors, the channel,
+and the bounds of the master's end against a hostile preloader."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gunicorn_smartspawn import wire
 from gunicorn_smartspawn.errors import ProtocolError
 from gunicorn_smartspawn.wire import (
     COMMANDS,
+    EVENT_BURST,
+    EVENT_LIMITS,
+    EVENT_RATE,
     EVENTS,
     HEADER,
+    MAX_ERROR_TEXT,
+    MAX_EVENT_FRAME,
+    MAX_FDS_PER_READ,
     MAX_FRAME,
+    MAX_READS_PER_RECEIVE,
+    MAX_TEXT,
     Channel,
+    EventOrder,
     FrameDecoder,
     PreloaderFailed,
     PreloaderReady,
     SpawnFailed,
     SpawnWorker,
+    TokenBucket,
     WorkerSpawned,
+    cut_text,
     decode_body,
     encode,
+    fit,
 )
 
 MESSAGES = [
@@ -91,6 +108,8 @@ def test_float_field_accepts_a_json_integer() -> None:
 def test_encode_refuses_an_oversized_frame() -> None:
     with pytest.raises(ProtocolError, match="exceeds"):
         encode(PreloaderFailed(error="x" * MAX_FRAME, traceback=""))
+    with pytest.raises(ProtocolError, match=f"exceeds the {MAX_EVENT_FRAME}-byte limit"):
+        encode(PreloaderFailed(error="", traceback="x" * MAX_EVENT_FRAME))  # an event's limit is smaller
 
 
 # -- framing ---------------------------------------------------------------------------------
@@ -267,14 +286,29 @@ def test_largest_allowed_length_header_just_waits() -> None:
     assert list(decoder) == []
 
 
-def test_frame_of_exactly_max_frame_bytes_is_accepted() -> None:
-    overhead = len(json.dumps({"type": "SpawnFailed", "age": 1, "error": ""}, separators=(",", ":")))
-    message = SpawnFailed(age=1, error="e" * (MAX_FRAME - overhead))
-    data = encode(message)
+def padded(body: bytes, size: int) -> bytes:
+    """A frame whose JSON is ``body`` padded with whitespace to exactly ``size`` bytes (valid JSON)."""
+    assert body.endswith(b"}") and len(body) <= size
+    return frame(body[:-1] + b" " * (size - len(body)) + b"}")
+
+
+def test_command_frame_of_exactly_max_frame_bytes_is_accepted() -> None:
+    data = padded(b'{"type":"SpawnWorker","age":1,"slot":-1}', MAX_FRAME)
     assert len(data) == HEADER.size + MAX_FRAME
-    decoder = FrameDecoder()
-    decoder.feed(data)
-    assert list(decoder) == [(message, ())]
+    decoder = FrameDecoder(COMMANDS)
+    decoder.feed(data, [10])
+    assert list(decoder) == [(SpawnWorker(age=1), (10,))]
+
+
+def test_event_frame_of_exactly_max_event_frame_bytes_is_accepted_one_more_is_not() -> None:
+    body = b'{"type":"SpawnFailed","age":1,"error":"e"}'
+    decoder = FrameDecoder(EVENTS, MAX_EVENT_FRAME, "events")
+    decoder.feed(padded(body, MAX_EVENT_FRAME))
+    assert list(decoder) == [(SpawnFailed(age=1, error="e"), ())]
+    decoder.feed(padded(body, MAX_EVENT_FRAME + 1))
+    refused = f"frame of {MAX_EVENT_FRAME + 1} bytes exceeds the {MAX_EVENT_FRAME}-byte limit for events"
+    with pytest.raises(ProtocolError, match=refused):
+        list(decoder)
 
 
 # -- who may send what --------------------------------------------------------------------------
@@ -333,6 +367,11 @@ def fd_is_open(fd: int) -> bool:
     return True
 
 
+def open_fds() -> int:
+    """How many descriptors this process holds (the listing's own included: compare counts only)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def test_pair_ends_are_close_on_exec_and_non_blocking(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
     assert not master.sock.get_inheritable()
@@ -365,20 +404,103 @@ def test_command_carries_its_descriptor(channels: tuple[Channel, Channel]) -> No
         os.close(w)
 
 
+def request(master: Channel, preloader: Channel, ages: range) -> None:
+    """The master asks for workers ``ages``; the preloader's end takes the requests (closing the heartbeat copies)."""
+    r, w = os.pipe()
+    try:
+        for age in ages:
+            master.send(SpawnWorker(age=age), [r])
+            if age % 64 == 0:
+                _take_requests(preloader)
+        _take_requests(preloader)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _take_requests(preloader: Channel) -> None:
+    while taken := preloader.receive():  # each receive() makes a bounded number of reads
+        for message, fds in taken:
+            assert isinstance(message, SpawnWorker) and len(fds) == 1
+            os.close(fds[0])
+
+
 def test_events_arrive_in_order(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
-    events = [m for m in MESSAGES if type(m).__name__ in EVENTS]
+    request(master, preloader, range(7, 9))
+    events = [
+        PreloaderReady(pid=4321, load_seconds=2.375),
+        WorkerSpawned(age=7, pid=4400, fork_ms=8.25),
+        SpawnFailed(age=8, error="[Errno 11] Resource temporarily unavailable"),
+    ]
     for event in events:
-        preloader.send(event)  # type: ignore[arg-type]
+        preloader.send(event)
     assert master.receive() == [(e, ()) for e in events]
     assert master.receive() == []
 
 
-def test_frame_larger_than_one_read_arrives_whole(channels: tuple[Channel, Channel]) -> None:
+def test_failed_load_arrives(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
-    big = PreloaderFailed(error="boom", traceback="t" * 150_000)
-    preloader.send(big)
-    assert master.receive() == [(big, ())]
+    failed = next(m for m in MESSAGES if isinstance(m, PreloaderFailed))
+    preloader.send(failed)
+    assert master.receive() == [(failed, ())]
+
+
+def test_frame_split_across_sends_waits_for_its_rest(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    data = encode(PreloaderFailed(error="boom", traceback="t" * 30_000))
+    preloader.sock.sendall(data[:15_000])
+    assert master.receive() == []
+    preloader.sock.sendall(data[15_000:])
+    assert master.receive() == [(PreloaderFailed(error="boom", traceback="t" * 30_000), ())]
+
+
+def test_command_frame_larger_than_one_read_arrives_whole(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    data = padded(b'{"type":"SpawnWorker","age":5,"slot":2}', 300_000)
+    r, w = os.pipe()
+    try:
+        socket.send_fds(master.sock, [data[:1000]], [r])
+        master.sock.setblocking(True)
+        received = []
+        sender = threading.Thread(target=master.sock.sendall, args=(data[1000:],))
+        sender.start()
+        while not received:
+            received = preloader.receive()
+        sender.join()
+        ((message, (fd,)),) = received
+        assert message == SpawnWorker(age=5, slot=2)
+        os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_send_cuts_an_event_to_fit_its_bounds(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    # what the preloader sends: first line and traceback cut to MAX_TEXT by cut_text;
+    # escapes (\u2603 is 6 bytes in JSON) would still make a frame of ~200 KB
+    huge = PreloaderFailed(error=cut_text("E" * 100_000), traceback=cut_text("\u2603" * 100_000))
+    preloader.send(huge)
+    ((message, fds),) = master.receive()
+    assert isinstance(message, PreloaderFailed) and fds == ()
+    assert len(message.error) <= MAX_ERROR_TEXT and message.error.endswith("(truncated)")
+    assert message.traceback.startswith("\u2603" * 100) and message.traceback.endswith("(truncated)")
+    assert len(encode(message)) <= HEADER.size + MAX_EVENT_FRAME
+
+
+def test_fit_keeps_what_fits_and_cuts_only_what_must() -> None:
+    small = SpawnFailed(age=1, error="fork: EAGAIN")
+    assert fit(small) == small
+    assert fit(SpawnWorker(age=1)) == SpawnWorker(age=1)
+    long_error = fit(SpawnFailed(age=1, error="x" * 10_000))
+    assert isinstance(long_error, SpawnFailed) and len(long_error.error) <= MAX_ERROR_TEXT
+    # ASCII text within the bounds fits as it is
+    within = PreloaderFailed(error="e" * MAX_ERROR_TEXT, traceback="t" * (MAX_TEXT - 100))
+    assert fit(within) == within
+    # the worst escaping (12 bytes a character) is cut until the frame fits
+    worst = fit(PreloaderFailed(error="\U0001f600" * MAX_ERROR_TEXT, traceback="\x00" * MAX_TEXT))
+    assert len(encode(worst)) <= HEADER.size + MAX_EVENT_FRAME
 
 
 def test_send_refuses_the_wrong_number_of_descriptors(channels: tuple[Channel, Channel]) -> None:
@@ -401,6 +523,7 @@ def test_peer_closing_is_eof(channels: tuple[Channel, Channel]) -> None:
 
 def test_messages_before_eof_are_delivered_then_eof(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
+    request(master, preloader, range(1, 2))
     preloader.send(PreloaderReady(pid=9, load_seconds=1.0))
     preloader.send(WorkerSpawned(age=1, pid=10, fork_ms=2.0))
     preloader.close()
@@ -425,17 +548,17 @@ def test_master_end_rejects_a_command_sent_to_it(channels: tuple[Channel, Channe
         master.close()  # closes the descriptor that came with the rejected frame, if kept
 
 
-def test_close_closes_descriptors_no_message_claimed(channels: tuple[Channel, Channel]) -> None:
+def test_close_closes_the_descriptor_of_a_frame_not_complete_yet(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
     r, w = os.pipe()
     try:
-        frame_bytes = encode(PreloaderReady(pid=4242, load_seconds=0.1))
-        socket.send_fds(preloader.sock, [frame_bytes], [r])  # a stray descriptor
-        assert master.receive() == [(PreloaderReady(pid=4242, load_seconds=0.1), ())]
-        before = set(os.listdir("/proc/self/fd"))
-        master.close()
-        after = set(os.listdir("/proc/self/fd"))
-        assert len(before - after) == 2  # the socket and the stray descriptor
+        data = encode(SpawnWorker(age=1))
+        socket.send_fds(master.sock, [data[:5]], [r])  # the command's first bytes and its descriptor
+        assert preloader.receive() == []
+        assert preloader.held_fds == 1
+        before = open_fds()
+        preloader.close()
+        assert before - open_fds() == 2  # the socket and the waiting descriptor
     finally:
         os.close(r)
         os.close(w)
@@ -457,9 +580,378 @@ def test_values_a_master_would_act_on_are_range_checked(frame):
         decode_body(frame)
 
 
+# -- the master's end is bounded: a preloader runs application code -----------------------------
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked(clock: FakeClock) -> Iterator[tuple[Channel, Channel]]:
+    """Like ``channels``, with the master's frame-rate bound on ``clock``."""
+    master, preloader_sock = Channel.pair(clock=clock)
+    preloader = Channel(preloader_sock, COMMANDS)
+    yield master, preloader
+    for channel in (master, preloader):
+        if channel.sock.fileno() >= 0:
+            channel.close()
+
+
+def null_fds(n: int) -> list[int]:
+    return [os.open(os.devnull, os.O_RDONLY) for _ in range(n)]
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def test_each_end_has_its_bounds() -> None:
+    assert (EVENT_LIMITS.max_frame, EVENT_LIMITS.max_held_fds) == (64 * 1024, 0)
+    assert (EVENT_LIMITS.burst, EVENT_LIMITS.rate, EVENT_LIMITS.ordered) == (EVENT_BURST, EVENT_RATE, True)
+    assert EVENT_BURST >= 2 * 1001  # a preloader answering 1000 requests at once uses half of it
+    master, preloader_sock = Channel.pair()
+    preloader = Channel(preloader_sock, COMMANDS, blocking=True)
+    assert master.limits is EVENT_LIMITS
+    commands = preloader.limits
+    assert (commands.max_frame, commands.max_held_fds, commands.burst, commands.ordered) == (MAX_FRAME, 1, 0, False)
+    with socket.socket(socket.AF_UNIX) as sock:
+        assert Channel(sock, {**COMMANDS, **EVENTS}).limits == commands  # an end that takes not only events
+    master.close()
+    preloader.close()
+
+
+# descriptors
+
+
+def test_descriptor_arriving_with_an_event_is_closed_at_once_and_refused(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    r, w = os.pipe()
+    socket.send_fds(preloader.sock, [encode(PreloaderReady(pid=42, load_seconds=0.1))], [r])
+    os.close(r)
+    before = open_fds()
+    with pytest.raises(ProtocolError, match=r"^1 descriptor\(s\) arrived with events: the limit is 0$"):
+        master.receive()
+    assert open_fds() == before and master.held_fds == 0
+    with pytest.raises(BrokenPipeError):  # no read end of the pipe is left anywhere
+        os.write(w, b"x")
+    os.close(w)
+
+
+def test_trickled_frame_with_descriptors_never_raises_the_fd_count(channels: tuple[Channel, Channel]) -> None:
+    """The reported attack: announce a large frame, trickle its bytes with 16 descriptors each."""
+    master, preloader = channels
+    before = open_fds()
+    for i in range(20):
+        fds = null_fds(MAX_FDS_PER_READ)
+        socket.send_fds(preloader.sock, [(HEADER.pack(60_000) if i == 0 else b"") + b"x" * 100], fds)
+        close_all(fds)
+        with pytest.raises(ProtocolError, match="descriptor"):
+            master.receive()  # the first refuses and closes; later ones refuse without reading
+        assert open_fds() == before
+        assert master.held_fds == 0
+    master.close()
+    assert open_fds() == before - 1  # only the socket went: nothing was held
+
+
+def test_broken_channel_keeps_refusing_with_the_first_reason(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    preloader.sock.sendall(HEADER.pack(900_000))
+    with pytest.raises(ProtocolError) as first:
+        master.receive()
+    preloader.send(PreloaderReady(pid=42, load_seconds=0.1))
+    with pytest.raises(ProtocolError) as again:
+        master.receive()
+    assert str(again.value) == str(first.value)
+
+
+def test_more_descriptors_than_one_read_takes_are_cut_off_and_refused(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    fds = null_fds(MAX_FDS_PER_READ + 4)
+    socket.send_fds(master.sock, [encode(SpawnWorker(age=1))], fds)
+    close_all(fds)
+    before = open_fds()
+    with pytest.raises(ProtocolError, match="descriptors were cut off"):
+        preloader.receive()
+    assert open_fds() == before and preloader.held_fds == 0
+
+
+def test_descriptors_ahead_of_their_frames_are_refused_on_the_commands_side(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    fds = null_fds(2)
+    socket.send_fds(master.sock, [encode(SpawnWorker(age=1))[:3]], fds)
+    close_all(fds)
+    before = open_fds()
+    with pytest.raises(ProtocolError, match=r"2 descriptor\(s\) wait for a frame: the limit is 1 for commands"):
+        preloader.receive()
+    assert open_fds() == before
+
+
+def test_descriptors_of_messages_decoded_before_an_error_are_closed(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    fds = null_fds(1)
+    socket.send_fds(master.sock, [encode(SpawnWorker(age=1)) + frame({"type": "Nope"})], fds)
+    close_all(fds)
+    before = open_fds()
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        preloader.receive()  # SpawnWorker(age=1) decoded first, with its descriptor: closed, not lost
+    assert open_fds() == before
+
+
+def test_eof_closes_the_descriptor_of_a_frame_that_cannot_complete(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    fds = null_fds(1)
+    socket.send_fds(master.sock, [encode(SpawnWorker(age=1))[:6]], fds)
+    close_all(fds)
+    master.close()
+    before = open_fds()
+    with pytest.raises(EOFError):
+        preloader.receive()
+    assert open_fds() == before and preloader.held_fds == 0
+
+
+def test_commands_side_takes_a_burst_of_1000_requests(channels: tuple[Channel, Channel]) -> None:
+    """The preloader's end keeps working: 1000 requests sent as fast as the master can, one descriptor each."""
+    master, preloader = channels
+    heartbeat_r, heartbeat_w = os.pipe()
+    got: list[tuple[object, tuple[int, ...]]] = []
+    held: list[int] = []
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        import select
+
+        try:
+            while len(got) < 1000:
+                select.select([preloader.sock], [], [], 5)
+                got.extend(preloader.receive())
+                held.append(preloader.held_fds)
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=serve)
+    reader.start()
+    try:
+        for age in range(1, 1001):
+            master.send(SpawnWorker(age=age, slot=age), [heartbeat_r])
+    finally:
+        reader.join(30)
+        os.close(heartbeat_r)
+    assert not errors, errors
+    assert [m for m, _ in got] == [SpawnWorker(age=a, slot=a) for a in range(1, 1001)]
+    assert max(held) <= 1
+    for _message, (fd,) in got:
+        os.close(fd)
+    os.close(heartbeat_w)
+
+
+def test_one_receive_makes_a_bounded_number_of_reads(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    r, w = os.pipe()
+    try:
+        for age in range(1, 41):  # each with its descriptor: one read apiece
+            master.send(SpawnWorker(age=age), [r])
+    finally:
+        os.close(r)
+        os.close(w)
+    first = preloader.receive()
+    second = preloader.receive()
+    assert (len(first), len(second)) == (MAX_READS_PER_RECEIVE, 40 - MAX_READS_PER_RECEIVE)
+    for _message, fds in first + second:
+        close_all(list(fds))
+
+
+# bytes
+
+
+def test_oversize_event_frame_is_refused_from_its_length_alone(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    preloader.sock.sendall(HEADER.pack(900_000))
+    with pytest.raises(ProtocolError) as info:
+        master.receive()
+    assert str(info.value) == "frame of 900000 bytes exceeds the 65536-byte limit for events"
+
+
+def test_a_trickled_frame_buffers_at_most_one_event_frame(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    data = padded(b'{"type":"PreloaderReady","pid":42,"load_seconds":0.5}', MAX_EVENT_FRAME)
+    for start in range(0, len(data) - 1, 4096):
+        preloader.sock.sendall(data[start : min(start + 4096, len(data) - 1)])
+        assert master.receive() == []
+        assert master.buffered <= HEADER.size + MAX_EVENT_FRAME
+    preloader.sock.sendall(data[-1:])
+    assert master.receive() == [(PreloaderReady(pid=42, load_seconds=0.5), ())]
+    assert master.buffered == 0
+
+
+# text
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        ({"type": "PreloaderFailed", "error": "e" * (MAX_ERROR_TEXT + 1), "traceback": ""},
+         f"PreloaderFailed.error of {MAX_ERROR_TEXT + 1} characters exceeds the {MAX_ERROR_TEXT}-character limit"),
+        ({"type": "PreloaderFailed", "error": "", "traceback": "t" * (MAX_TEXT + 1)},
+         f"PreloaderFailed.traceback of {MAX_TEXT + 1} characters exceeds the {MAX_TEXT}-character limit"),
+        ({"type": "SpawnFailed", "age": 1, "error": "\u2603" * (MAX_ERROR_TEXT + 1)},
+         f"SpawnFailed.error of {MAX_ERROR_TEXT + 1} characters exceeds the {MAX_ERROR_TEXT}-character limit"),
+    ],
+    ids=["error", "traceback", "spawn-error"],
+)
+def test_text_over_its_bound_is_refused(channels: tuple[Channel, Channel], body: dict[str, object], what: str) -> None:
+    master, preloader = channels
+    data = frame(body)
+    assert len(data) <= HEADER.size + MAX_EVENT_FRAME  # within the frame bound: the text bound refuses it
+    preloader.sock.sendall(data)
+    with pytest.raises(ProtocolError) as info:
+        master.receive()
+    assert str(info.value) == what
+
+
+def test_text_at_its_bound_is_accepted(channels: tuple[Channel, Channel]) -> None:
+    master, preloader = channels
+    message = PreloaderFailed(error="e" * MAX_ERROR_TEXT, traceback="t" * MAX_TEXT)
+    preloader.sock.sendall(frame({"type": "PreloaderFailed", "error": message.error, "traceback": message.traceback}))
+    assert master.receive() == [(message, ())]
+
+
+# rate
+
+
+def test_token_bucket_spends_a_burst_then_refills_at_its_rate(clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, clock=clock)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    clock.now += 0.5  # one token
+    assert [bucket.take() for _ in range(2)] == [True, False]
+    clock.now += 100.0  # refills up to the burst, no further
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    clock.now -= 10.0  # a clock that goes back grants nothing
+    assert bucket.take() is False
+
+
+def answer(master: Channel, preloader: Channel, events: list[object]) -> list[tuple[object, tuple[int, ...]]]:
+    """The preloader's end sends ``events``, the master's end takes them, in batches the socket buffer holds
+    (a send with a timeout waits until the socket polls writable: a quarter of its buffer free)."""
+    got: list[tuple[object, tuple[int, ...]]] = []
+    for start in range(0, len(events), 50):
+        for event in events[start : start + 50]:
+            preloader.send(event)  # type: ignore[arg-type]
+        got += master.receive()
+    return got
+
+
+def spawned(ages: range) -> list[object]:
+    return [WorkerSpawned(age=age, pid=10_000 + age, fork_ms=1.0) for age in ages]
+
+
+def test_a_preloader_answering_1000_requests_at_once_is_within_the_rate_bound(clocked: tuple[Channel, Channel]) -> None:
+    master, preloader = clocked  # the clock stands still: all of it counts as one instant
+    request(master, preloader, range(1, 1001))
+    events = [PreloaderReady(pid=42, load_seconds=0.5), *spawned(range(1, 1001))]
+    assert [m for m, _ in answer(master, preloader, events)] == events
+
+
+def test_frames_past_the_burst_are_refused(clocked: tuple[Channel, Channel]) -> None:
+    master, preloader = clocked
+    request(master, preloader, range(1, EVENT_BURST + 1))
+    events = [PreloaderReady(pid=42, load_seconds=0.5), *spawned(range(1, EVENT_BURST))]
+    assert len(answer(master, preloader, events)) == EVENT_BURST
+    preloader.send(WorkerSpawned(age=EVENT_BURST, pid=50_000, fork_ms=1.0))
+    with pytest.raises(ProtocolError) as info:
+        master.receive()
+    assert str(info.value) == (
+        f"WorkerSpawned frame over the rate limit for events: {EVENT_BURST} at once, {EVENT_RATE:g} a second"
+    )
+
+
+def test_the_rate_bound_refills_with_the_clock(clocked: tuple[Channel, Channel], clock: FakeClock) -> None:
+    master, preloader = clocked
+    refill = int(EVENT_RATE / 2)
+    request(master, preloader, range(1, EVENT_BURST + refill + 2))
+    first = [PreloaderReady(pid=42, load_seconds=0.5), *spawned(range(1, EVENT_BURST))]
+    assert len(answer(master, preloader, first)) == EVENT_BURST
+    clock.now += 0.5
+    assert len(answer(master, preloader, spawned(range(EVENT_BURST, EVENT_BURST + refill)))) == refill
+    preloader.send(spawned(range(EVENT_BURST + refill, EVENT_BURST + refill + 1))[0])  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="rate limit"):
+        master.receive()
+
+
+# order
+
+
+@pytest.mark.parametrize(
+    ("requests", "events", "error"),
+    [
+        (0, [PreloaderReady(pid=42, load_seconds=0.5), PreloaderReady(pid=42, load_seconds=0.5)],
+         "PreloaderReady after PreloaderReady: the limit is one load report per preloader"),
+        (0, [PreloaderFailed(error="e", traceback="t"), PreloaderFailed(error="e", traceback="t")],
+         "PreloaderFailed after PreloaderFailed: the limit is one load report per preloader"),
+        (0, [PreloaderReady(pid=42, load_seconds=0.5), PreloaderFailed(error="e", traceback="t")],
+         "PreloaderFailed after PreloaderReady: the limit is one load report per preloader"),
+        (1, [PreloaderFailed(error="e", traceback="t"), SpawnFailed(age=1, error="e")],
+         "SpawnFailed after PreloaderFailed: spawn answers come only from a ready preloader"),
+        (1, [WorkerSpawned(age=1, pid=43, fork_ms=1.0)],
+         "WorkerSpawned before PreloaderReady: spawn answers come only from a ready preloader"),
+        (0, [PreloaderReady(pid=42, load_seconds=0.5), WorkerSpawned(age=1, pid=43, fork_ms=1.0)],
+         "WorkerSpawned would be answer 1 to 0 SpawnWorker request(s): the limit is one answer per request"),
+        (1, [PreloaderReady(pid=42, load_seconds=0.5), WorkerSpawned(age=1, pid=43, fork_ms=1.0), SpawnFailed(age=2, error="e")],
+         "SpawnFailed would be answer 2 to 1 SpawnWorker request(s): the limit is one answer per request"),
+    ],
+    ids=["ready-twice", "failed-twice", "failed-after-ready", "answer-after-failed", "answer-before-ready",
+         "answer-unasked", "more-answers-than-requests"],
+)
+def test_events_out_of_order_are_refused(
+    channels: tuple[Channel, Channel], requests: int, events: list[object], error: str
+) -> None:
+    master, preloader = channels
+    request(master, preloader, range(1, requests + 1))
+    for event in events:
+        preloader.send(event)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError) as info:
+        master.receive()
+    assert str(info.value) == error
+
+
+def test_event_order_counts_requests_and_answers() -> None:
+    order = EventOrder()
+    order.requests += 1
+    order.requests += 1
+    order.check(PreloaderReady(pid=42, load_seconds=0.5))
+    order.check(WorkerSpawned(age=1, pid=43, fork_ms=1.0))
+    order.check(SpawnFailed(age=2, error="e"))
+    order.requests += 1
+    order.check(WorkerSpawned(age=3, pid=44, fork_ms=1.0))
+    with pytest.raises(ProtocolError, match="answer 4 to 3"):
+        order.check(WorkerSpawned(age=4, pid=45, fork_ms=1.0))
+
+
+def test_a_flood_of_failures_yields_one_message_then_a_refusal(channels: tuple[Channel, Channel]) -> None:
+    """What the master would log for a PreloaderFailed flood: one failure, then the preloader is stopped."""
+    master, preloader = channels
+    failure = PreloaderFailed(error="E" * MAX_ERROR_TEXT, traceback="T" * 1000)
+    preloader.send(failure)
+    assert master.receive() == [(failure, ())]
+    preloader.sock.sendall(encode(failure) * 10)
+    with pytest.raises(ProtocolError, match="one load report"):
+        master.receive()
+
+
 # -- fuzzing: whatever arrives, the decoder yields messages or raises ProtocolError ------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -485,7 +977,7 @@ def test_fuzz_raw_bytes(data: bytes, cuts: list[int]) -> None:
         for piece in pieces:
             decoder.feed(piece)
             for message, fds in decoder:
-                assert type(message).__name__ in ("SpawnWorker", "PreloaderReady", "PreloaderFailed", "WorkerSpawned", "SpawnFailed")
+                assert type(message).__name__ in {*COMMANDS, *EVENTS}
                 assert fds == ()
     except ProtocolError:
         pass
@@ -509,3 +1001,61 @@ def test_fuzz_json_frames(kind: object, fields: dict) -> None:
             assert [m for m, _ in again] == [message]
     except ProtocolError:
         pass
+
+
+
+# -- fuzzing the master's end over a real socketpair: no descriptor is ever kept ------------------
+
+_VALID_EVENT_FRAMES = [
+    encode(PreloaderReady(pid=42, load_seconds=0.5)),
+    encode(PreloaderFailed(error="e", traceback="t")),
+    encode(WorkerSpawned(age=1, pid=43, fork_ms=1.0)),
+    encode(WorkerSpawned(age=2, pid=44, fork_ms=1.0)),
+    encode(SpawnFailed(age=2, error="e")),
+    encode(SpawnWorker(age=1)),
+]
+_chunk_bytes = st.one_of(
+    st.binary(min_size=1, max_size=80),
+    st.sampled_from(_VALID_EVENT_FRAMES),
+    st.sampled_from(_VALID_EVENT_FRAMES).flatmap(lambda f: st.integers(1, len(f)).map(lambda n: f[:n])),
+    st.integers(min_value=0, max_value=2**32 - 1).map(lambda n: HEADER.pack(n)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2),
+    st.lists(st.tuples(_chunk_bytes, st.integers(min_value=0, max_value=MAX_FDS_PER_READ + 2)), max_size=10),
+    st.lists(st.floats(min_value=0.0, max_value=2.0), max_size=10),
+)
+def test_fuzz_master_end_never_keeps_a_descriptor(requests: int, chunks: list[tuple[bytes, int]], steps: list[float]) -> None:
+    baseline = open_fds()
+    clock = FakeClock()
+    master, raw = Channel.pair(clock=clock)
+    try:
+        for age in range(1, requests + 1):
+            fds = null_fds(1)
+            master.send(SpawnWorker(age=age), fds)  # waits, unread, in the raw end
+            close_all(fds)
+        for i, (data, count) in enumerate(chunks):
+            fds = null_fds(count)
+            try:
+                if fds:
+                    socket.send_fds(raw, [data], fds)
+                else:
+                    raw.sendall(data)
+            finally:
+                close_all(fds)
+            clock.now += steps[i] if i < len(steps) else 0.0
+            try:
+                for _message, claimed in master.receive():
+                    assert claimed == ()
+            except ProtocolError:
+                pass
+            assert master.held_fds == 0
+            assert master.buffered <= HEADER.size + MAX_EVENT_FRAME + wire.READ_SIZE
+            assert open_fds() == baseline + 2  # the pair: every received descriptor is already closed
+    finally:
+        master.close()
+        raw.close()
+    assert open_fds() == baseline
