@@ -45,6 +45,7 @@ class AppPool:
     retry_at: float = 0.0
     last_error: str | None = None
     halt: act.Halt | None = None
+    _to_stop: list[PreloaderState] = field(default_factory=list, repr=False)  # preloaders to stop, for tick
 
     # -- what the master reports ----------------------------------------------------
 
@@ -84,6 +85,14 @@ class AppPool:
             self.preloader, self.candidate = state, None
             self.generation = state.generation
             # spawn requests still queued at the old preloader serve the old generation
+
+    def preloader_misbehaved(self, pid: int, reason: str, now: float) -> None:
+        """The master caught preloader ``pid`` breaking the protocol and kills it: a failure."""
+        self._record_failure(f"preloader pid={pid} {reason}: killed", now)
+        state = self._preloader(pid)
+        if state is not None:
+            self._detach(state)
+            self._retire_preloader(state, reason, kill=True)
 
     def preloader_failed(self, pid: int, error: str, now: float) -> list[int]:
         """The app failed to load in ``pid``. Returns the ages of the spawn
@@ -168,8 +177,7 @@ class AppPool:
         return worker
 
     def early_exit(self, pid: int, status: int) -> None:
-        """A child nobody claimed was reaped: it may be a worker whose
-        ``WorkerSpawned`` is still on its way."""
+        """A child nobody claimed was reaped: maybe a worker whose ``WorkerSpawned`` is on its way."""
         if self.pending:
             self.early_exits[pid] = status
 
@@ -331,8 +339,7 @@ class AppPool:
 
     def is_stopping(self, pid: int) -> bool:
         """Was the master told to stop preloader ``pid``?"""
-        state = self.retiring_preloaders.get(pid)
-        return state is not None and state.stop_reason is not None
+        return getattr(self.retiring_preloaders.get(pid), "stop_reason", None) is not None
 
     def stop_all_preloaders(self, reason: str) -> list[act.StopPreloader]:
         """Retire every preloader at once (the app is removed, or the master stops)."""
@@ -346,10 +353,7 @@ class AppPool:
     # -- internals ----------------------------------------------------------------------------
 
     def _preloader(self, pid: int) -> PreloaderState | None:
-        for state in (self.preloader, self.candidate, self.previous):
-            if state is not None and state.pid == pid:
-                return state
-        return None
+        return next((s for s in (self.preloader, self.candidate, self.previous) if s is not None and s.pid == pid), None)
 
     def _retire_preloader(self, state: PreloaderState, reason: str, kill: bool = False) -> None:
         state.stop_reason = reason
@@ -392,6 +396,3 @@ class AppPool:
         actions: list[act.Action] = [act.StopPreloader(s.pid, s.stop_reason or "", s.kill) for s in self._to_stop]
         self._to_stop.clear()
         return actions
-
-    def __post_init__(self) -> None:
-        self._to_stop: list[PreloaderState] = []

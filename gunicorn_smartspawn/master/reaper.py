@@ -92,9 +92,9 @@ class Reaper:
             self.log.error("app=%s worker pid=%s exited with code %s", app, pid, code)
 
     def preloader_exited(self, child: Child, status: int) -> None:
+        self.children.remove(child.pid)  # reaped: its pid may be reused, never signal it again
         self.read(child)  # what it said before it went (PreloaderFailed, WorkerSpawned)
         self.spawner.close_channel(child)
-        self.children.remove(child.pid)
         pool = self.apps.pools.get(child.app)
         stopping = pool is not None and pool.is_stopping(child.pid)
         lost = pool.preloader_exited(child.pid, status, time.monotonic()) if pool else None
@@ -128,8 +128,7 @@ class Reaper:
             self.log.error(
                 "app=%s preloader pid=%d sent a bad frame (%s); stopping it", child.app, child.pid, cut_text(str(exc), 200)
             )
-            self.spawner.close_channel(child)
-            self.spawner.kill(child.pid, signal.SIGKILL)
+            self._stop_hostile(child, "sent a bad frame")
             return
         now = time.monotonic()
         pool = self.apps.pools[child.app]
@@ -163,6 +162,14 @@ class Reaper:
             "app=%s preloader gen=%d pid=%d ready, loaded in %.2fs",
             child.app, child.generation, child.pid, message.load_seconds,
         )
+
+    def _stop_hostile(self, child: Child, reason: str) -> None:
+        """Stop a preloader that broke the protocol: a failure of its app, and never believed again."""
+        pool = self.apps.pools.get(child.app)
+        if pool is not None:
+            pool.preloader_misbehaved(child.pid, reason, time.monotonic())
+        self.spawner.close_channel(child)
+        self.spawner.kill(child.pid, signal.SIGKILL)  # refused if it was already reaped
 
     def _unverifiable(self, pool: AppPool, pid: int) -> str | None:
         """Why ``pid`` cannot be the worker just forked for ``pool``; None when it can."""
@@ -200,9 +207,8 @@ class Reaper:
                 pool.name, preloader.pid, message.age, message.pid, problem,
             )
             self.spawner.discard(worker)
-            pool.spawn_failed(message.age, f"preloader reported pid={message.pid}, {problem}", now)
-            self.spawner.close_channel(preloader)
-            self.spawner.kill(preloader.pid, signal.SIGKILL)
+            pool.pending.pop(message.age, None)
+            self._stop_hostile(preloader, f"reported pid={message.pid}, {problem}")
             return
         worker.pid = message.pid
         self.children.add(Child(message.pid, "worker", pool.name, preloader.generation, now, worker=worker))
