@@ -142,7 +142,8 @@ class Reaper:
                     "app=%s preloader gen=%d pid=%d failed to load the app: %s",
                     child.app, child.generation, child.pid, cut_text(message.error, MAX_LOGGED_ERROR),
                 )
-                for worker in self.children.drop_pending(child.app, pool.preloader_failed(child.pid, message.error, now)):
+                error = cut_text(message.error, MAX_LOGGED_ERROR)
+                for worker in self.children.drop_pending(child.app, pool.preloader_failed(child.pid, error, now)):
                     self.spawner.discard(worker)
             elif isinstance(message, WorkerSpawned):
                 self._worker_spawned(pool, child, message, now)
