@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +18,10 @@ def starts(directory: Path) -> int:
         return 0
 
 
-def faulty(server_factory, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+def faulty(server_factory, tmp_path: Path, *args: str, env: dict[str, str] | None = None, **kwargs):
     directory = tmp_path / "faulty"
     directory.mkdir(exist_ok=True)
-    server = server_factory(*SMART, *args, "faulty_app:app", env={"FAULTY_DIR": str(directory), **(env or {})})
+    server = server_factory(*SMART, *args, "faulty_app:app", env={"FAULTY_DIR": str(directory), **(env or {})}, **kwargs)
     return server, directory
 
 
@@ -53,8 +55,6 @@ def test_an_app_that_ignores_sigchld_at_import_does_not_break_double_fork_spawni
     [preloader] = server.preloaders()
     for pid in workers:  # two respawns through the preloader
         server_pid_before = set(server.workers())
-        import os
-
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(set(server.workers()) - server_pid_before) >= 1 and len(server.workers()) == 2, 20, "respawn")
     assert server.preloaders() == [preloader], "the preloader survived every spawn"
@@ -103,3 +103,27 @@ def test_a_listener_shut_down_by_a_worker_is_bound_again(server_factory, tmp_pat
     server.wait_log("stopped accepting connections: binding it again", timeout=10)
     wait_for(lambda: server.get_json()["generation"] == "1", 20, "answers again on the same port")
     assert server.proc.poll() is None
+
+
+def test_a_preloader_that_hangs_in_an_at_fork_hook_is_killed_after_the_spawn_timeout(server_factory, tmp_path):
+    server, directory = faulty(server_factory, tmp_path, "-w", "1", "--spawn-timeout", "2")
+    [first] = server.wait_workers(1)
+    [preloader] = server.preloaders()
+    (directory / "hang-at-fork").touch()
+    os.kill(first, signal.SIGKILL)  # the replacement's fork hangs in the app's hook
+    server.wait_log(f"preloader pid={preloader} did not answer a spawn request within 2s (spawn_timeout): killed", timeout=20)
+    wait_for(lambda: preloader not in server.preloaders(), 10, "the hung preloader gone")
+    (directory / "hang-at-fork").unlink()
+    server.wait_workers(1, timeout=60)
+    assert server.proc.poll() is None
+
+
+def test_running_out_of_descriptors_while_spawning_is_a_failure_not_a_crash(server_factory, tmp_path):
+    server, directory = faulty(server_factory, tmp_path, "-w", "1", launcher=["prlimit", "--nofile=40:40", sys.executable, "-m", "gunicorn"])
+    server.wait_workers(1)
+    assert server.control({"command": "scale", "app": "faulty_app", "workers": 30})["ok"]
+    server.wait_log("Too many open files", timeout=30)
+    wait_for(lambda: "backing off" in server.log() or "next try in" in server.log(), 10, "the backoff")
+    assert server.proc.poll() is None, "EMFILE never stops the master"
+    assert server.control({"command": "scale", "app": "faulty_app", "workers": 1})["ok"]
+    assert server.get_json()["generation"] == "1"

@@ -963,3 +963,14 @@ def test_a_serving_preloader_that_crashes_backs_off_and_a_clean_exit_does_not() 
     m2, preloader2, _ = booted_smart(target=1)
     m2.preloader_exit(preloader2, exited(0))
     assert m2.pool.failures == 0
+
+
+def test_a_hup_whose_preloader_could_not_be_forked_is_tried_again_after_the_backoff() -> None:
+    m, old_preloader, _ = booted_smart(target=1)
+    m.pool.request_reload(10.0)
+    assert m.pool.tick(10.0) == [StartPreloader(2)]
+    m.pool.start_failed("start a preloader", "fork: Resource temporarily unavailable", 10.0, generation=2)
+    assert m.pool.failures == 1 and m.pool.reload_requested
+    assert m.pool.tick(10.5) == []  # backing off
+    assert m.pool.tick(11.0) == [StartPreloader(2)]  # the HUP is not lost
+    assert m.pool.preloader is not None and m.pool.preloader.pid == old_preloader

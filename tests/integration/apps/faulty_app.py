@@ -5,6 +5,7 @@ FAULTY_DIR names a directory; in it:
   segv-at-start   a worker kills itself with SIGSEGV there
   block-at-start  a worker waits there while the file exists
   block-gen-N     the same, only for workers of code generation N
+  hang-at-fork    the preloader hangs in an os.register_at_fork hook before each fork
   generation      read once at import: the code generation each response names
 FAULTY_IGNORE_SIGCHLD=1 sets SIGCHLD to SIG_IGN at import (as some apps do).
 Every worker start is appended to $FAULTY_DIR/starts (one line per start).
@@ -23,6 +24,13 @@ try:  # which code this is: the file's contents when the app was imported
         GENERATION = _f.read().strip()
 except OSError:
     GENERATION = "1"
+
+def _hang_at_fork():
+    while _flag("hang-at-fork"):
+        time.sleep(0.05)
+
+
+os.register_at_fork(before=_hang_at_fork)  # runs in the preloader before every fork
 
 if os.environ.get("FAULTY_IGNORE_SIGCHLD"):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
