@@ -1,11 +1,21 @@
-"""The scoreboard: one slot of shared memory per worker, as in Apache httpd.
+"""The scoreboards: one slot of shared memory per worker, as in Apache httpd.
 
-The master maps it (anonymous, shared) before it forks anything, so every
-preloader and worker inherits the same pages. Each worker owns the slot the
-master assigned it and writes there around each request: how many requests
-it has in flight, how many it served, when the last one began. The master
-only reads. No lock between processes: a slot has one writer, and a torn
-read of a counter is off by one request at worst.
+Every app has its own scoreboard, its own anonymous shared mapping
+(:class:`Scoreboards`). The master maps an app's board before it forks that
+app's first preloader or direct worker, so they inherit its pages; a fresh
+child of the master unmaps every other app's board before any app code runs
+(``Scoreboards.keep_only``), so a worker can reach its own app's slots and
+no other app's. Each worker owns the slot the master assigned it and writes
+there around each request: how many requests it has in flight, how many it
+served, when the last one began. No lock between processes: a slot has one
+writer, and a torn read of a counter is off by one request at worst.
+
+The master only reads, and believes nothing it reads: a process that ran
+app code may have written anything into its app's board (another worker's
+slot, a NaN, a count of a billion). :func:`check_slot` turns a slot into a
+:class:`SlotReading` only if it is plausible for the worker the slot was
+assigned to, else None ("unknown"); nothing else of a slot reaches the
+master's answers.
 
 Slot layout (32 bytes, native byte order)::
 
@@ -18,6 +28,7 @@ Slot layout (32 bytes, native byte order)::
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -27,11 +38,20 @@ from dataclasses import dataclass
 from typing import Final
 
 SLOT: Final = struct.Struct("=iB3xQdd")
+#: Slots of one app's board (``smartspawn scale`` sets at most 1000 workers).
 DEFAULT_SLOTS: Final = 1024
+#: The most requests a slot may claim: beyond, JSON readers lose exactness.
+MAX_REQUESTS: Final = 2**53
+#: The most requests per second a worker is believed to start, to bound a count by the worker's uptime.
+MAX_REQUEST_RATE: Final = 1_000_000
+#: How far in the future (seconds) a worker's clock reading may be: it read the clock after the master did.
+CLOCK_SKEW: Final = 2.0
 
 
 @dataclass(frozen=True)
 class SlotView:
+    """A slot as its bytes say, unchecked: what a worker (or anything that ran app code) wrote."""
+
     pid: int
     busy: int
     requests: int
@@ -39,13 +59,61 @@ class SlotView:
     started: float
 
 
+@dataclass(frozen=True)
+class SlotReading:
+    """A slot the master checked (:func:`check_slot`): safe to show and to serialize."""
+
+    requests: int
+    busy: int
+    #: epoch seconds of the last request's start; None: none yet
+    last_request: float | None
+
+
+def check_slot(view: SlotView, *, pid: int, threads: int, wall: float, uptime: float | None = None) -> SlotReading | None:
+    """What the master believes of ``view``, the slot it assigned to worker ``pid``; None: unknown.
+
+    ``threads`` is the worker's thread count (the most requests it can have
+    in flight), ``wall`` the master's ``time.time()``, ``uptime`` how long
+    the master has known the worker (seconds), if it does. A slot is
+    believed only whole: its pid is the worker's; busy is within 0 and
+    ``threads``; requests is within 0 and :data:`MAX_REQUESTS`, and within
+    :data:`MAX_REQUEST_RATE` per second of uptime; its times are finite,
+    not negative, and the last request not later than ``wall`` plus
+    :data:`CLOCK_SKEW`.
+    """
+    if pid <= 0 or view.pid != pid:
+        return None  # not written yet, or not by this worker
+    if not 0 <= view.busy <= max(1, threads):
+        return None
+    bound = MAX_REQUESTS
+    if uptime is not None and math.isfinite(uptime):
+        bound = min(bound, int(MAX_REQUEST_RATE * (max(0.0, uptime) + CLOCK_SKEW)))
+    if not 0 <= view.requests <= bound:
+        return None
+    if not (math.isfinite(view.started) and view.started >= 0.0):
+        return None
+    last = view.last_request
+    if not (math.isfinite(last) and 0.0 <= last <= wall + CLOCK_SKEW):
+        return None
+    return SlotReading(requests=view.requests, busy=view.busy, last_request=last if last > 0.0 else None)
+
+
 class Scoreboard:
-    """The shared table; :meth:`slot` gives a worker its writer."""
+    """One app's shared table; :meth:`slot` gives a worker its writer."""
 
     def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
         self.slots = slots
         self._map = mmap.mmap(-1, SLOT.size * slots, flags=mmap.MAP_SHARED)
         self._free = list(range(slots - 1, -1, -1))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._map.closed)
+
+    def close(self) -> None:
+        """Unmap the table (in a child: that app's slots are out of its reach from here on)."""
+        self._map.close()
+        self._free = []
 
     # -- the master ---------------------------------------------------------------------
 
@@ -58,19 +126,76 @@ class Scoreboard:
         return index
 
     def release(self, index: int | None) -> None:
-        if index is not None and 0 <= index < self.slots and index not in self._free:
+        if index is not None and 0 <= index < self.slots and index not in self._free and not self.closed:
             SLOT.pack_into(self._map, index * SLOT.size, 0, 0, 0, 0.0, 0.0)
             self._free.append(index)
 
     def read(self, index: int) -> SlotView:
+        """The slot's bytes, unchecked (see :meth:`check`)."""
         return SlotView(*SLOT.unpack_from(self._map, index * SLOT.size))
+
+    def check(self, index: int | None, *, pid: int, threads: int, wall: float, uptime: float | None = None) -> SlotReading | None:
+        """Slot ``index`` as the master may believe it (:func:`check_slot`); None when unknown."""
+        if index is None or not 0 <= index < self.slots or self.closed:
+            return None
+        return check_slot(self.read(index), pid=pid, threads=threads, wall=wall, uptime=uptime)
 
     # -- a worker -------------------------------------------------------------------------
 
     def slot(self, index: int | None, threaded: bool) -> SlotWriter | None:
-        if index is None or not 0 <= index < self.slots:
+        if index is None or not 0 <= index < self.slots or self.closed:
             return None
         return SlotWriter(self._map, index * SLOT.size, threaded)
+
+
+class Scoreboards:
+    """The master's boards, one :class:`Scoreboard` (one shared mapping) per app name.
+
+    A board is mapped when its app first needs one, in the master, before the
+    fork that must inherit it; it lives as long as the app. A fresh child
+    keeps only its own app's board (:meth:`keep_only`).
+    """
+
+    def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
+        self.slots = slots
+        self._boards: dict[str, Scoreboard] = {}
+
+    def for_app(self, name: str) -> Scoreboard:
+        """``name``'s board, mapped now if it has none yet."""
+        board = self._boards.get(name)
+        if board is None:
+            board = self._boards[name] = Scoreboard(self.slots)
+        return board
+
+    def get(self, name: str) -> Scoreboard | None:
+        return self._boards.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._boards)
+
+    def assign(self, name: str) -> int | None:
+        """A free slot of ``name``'s board for a new worker of that app, or None."""
+        return self.for_app(name).assign()
+
+    def release(self, name: str | None, index: int | None) -> None:
+        board = self._boards.get(name) if name is not None else None
+        if board is not None:
+            board.release(index)
+
+    def drop(self, name: str) -> None:
+        """Unmap ``name``'s board (an app removed from the configuration, all its processes gone)."""
+        board = self._boards.pop(name, None)
+        if board is not None:
+            board.close()
+
+    def keep_only(self, name: str) -> None:
+        """In a fresh child of the master: unmap every board but ``name``'s."""
+        for other in [n for n in self._boards if n != name]:
+            self.drop(other)
+
+    def close(self) -> None:
+        for name in list(self._boards):
+            self.drop(name)
 
 
 class SlotWriter:

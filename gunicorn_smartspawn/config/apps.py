@@ -58,7 +58,8 @@ class AppConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     chdir: str | None = None
     pythonpath: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: kept out of repr(): gunicorn formats every setting for its debug log, ``apps`` included
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     restart_file: str | None = None
 
     @property

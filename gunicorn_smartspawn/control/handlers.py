@@ -36,7 +36,7 @@ class CommandHandlers:
         return statusmod.snapshot(
             master.apps.pools,
             master.WORKERS,
-            master.scoreboard,
+            master.scoreboards,
             master_pid=master.pid,
             gunicorn_version=gunicorn.__version__,
             started_at=master.started_at,

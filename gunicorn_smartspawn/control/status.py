@@ -1,22 +1,37 @@
 """What ``smartspawn status`` shows: a snapshot of the pools, as plain data.
 
-Built in the master from the pool state, the worker objects and the
-scoreboard; pure apart from reading the clock it is given. The schema is
-documented in docs/tools.md and versioned by :data:`.protocol.PROTOCOL`.
+Built in the master from the pool state, the worker objects and each
+app's scoreboard; pure apart from reading the clock it is given. The schema
+is documented in docs/tools.md and versioned by :data:`.protocol.PROTOCOL`.
+
+What a worker wrote into its slot is checked first
+(:meth:`.Scoreboard.check`): a slot that is not plausible for the worker it
+was assigned to shows as unknown (null), and no float that is not finite
+ever reaches the answer, which is JSON without NaN or Infinity.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from gunicorn_smartspawn._version import __version__
 from gunicorn_smartspawn.master.pool import AppPool
-from gunicorn_smartspawn.scoreboard import Scoreboard
+from gunicorn_smartspawn.scoreboard import Scoreboard, Scoreboards
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+    """``value`` rounded; None for None and for what is not a finite number (JSON has no NaN)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _threads(worker: Any) -> int:
+    """The most requests ``worker`` can have in flight: its configured threads (1 if unknown)."""
+    threads = getattr(getattr(worker, "cfg", None), "threads", 1)
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else 1
 
 
 def app_status(
@@ -30,10 +45,10 @@ def app_status(
         worker = workers.get(pid)
         index = getattr(worker, "scoreboard_index", None) if worker is not None else None
         if scoreboard is not None and index is not None:
-            slot = scoreboard.read(index)
-            if slot.pid == pid:
+            slot = scoreboard.check(index, pid=pid, threads=_threads(worker), wall=wall, uptime=now - state.started_at)
+            if slot is not None:
                 requests, busy = slot.requests, slot.busy > 0
-                last_ago = _round(wall - slot.last_request) if slot.last_request else None
+                last_ago = None if slot.last_request is None else _round(max(0.0, wall - slot.last_request))
         rows.append(
             {
                 "pid": pid,
@@ -72,7 +87,7 @@ def app_status(
 def snapshot(
     pools: Mapping[str, AppPool],
     workers: Mapping[int, Any],
-    scoreboard: Scoreboard | None,
+    scoreboards: Scoreboards | None,
     *,
     master_pid: int,
     gunicorn_version: str,
@@ -87,5 +102,8 @@ def snapshot(
             "smartspawn": __version__,
             "uptime": _round(wall - started_at),
         },
-        "apps": [app_status(pool, workers, scoreboard, now, wall) for pool in pools.values()],
+        "apps": [
+            app_status(pool, workers, scoreboards.get(name) if scoreboards is not None else None, now, wall)
+            for name, pool in pools.items()
+        ],
     }

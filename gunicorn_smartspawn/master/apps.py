@@ -89,15 +89,15 @@ class AppTable:
     def all_listeners(self) -> list[Any]:
         return [lnr for spec in self.specs.values() for lnr in spec.listeners]
 
-    def foreign_listener_fds(self, spec: AppSpec) -> list[int]:
-        """Descriptors of every other app's listeners: what a child of ``spec`` must close."""
+    def foreign_listeners(self, spec: AppSpec) -> list[Any]:
+        """Every listener that is not ``spec``'s (other apps', retired ones): what a child of ``spec`` must close."""
         mine = {lnr.fileno() for lnr in spec.listeners}
-        return [
-            lnr.fileno()
-            for other in self.specs.values()
-            for lnr in other.listeners
-            if other is not spec and lnr.fileno() not in mine
-        ]
+        others = [lnr for other in self.specs.values() if other is not spec for lnr in other.listeners]
+        found: dict[int, Any] = {}
+        for lnr in [*others, *self.retired_listeners]:
+            if lnr.fileno() not in mine:
+                found.setdefault(id(lnr), lnr)
+        return list(found.values())
 
     def old_generation_alive(self) -> bool:
         return any(w.generation < p.generation for p in self.pools.values() for w in p.workers.values())
@@ -115,6 +115,11 @@ class AppTable:
                 self.log.info("app=%s %s touched: restarting the app", spec.name, spec.restart_path)
                 self.pools[spec.name].request_reload(now)
             spec.restart_mtime = mtime
+
+    def keep_only(self, name: str) -> None:
+        """In a fresh child of the master: drop every other app's spec and pool (settings, env, state)."""
+        self.specs = {n: s for n, s in self.specs.items() if n == name}
+        self.pools = {n: p for n, p in self.pools.items() if n == name}
 
     def forget(self, name: str) -> AppSpec:
         """Drop a removed app whose processes are all gone; its spec, to close its listeners."""

@@ -43,7 +43,7 @@ from gunicorn_smartspawn.master.metrics import Metrics
 from gunicorn_smartspawn.master.reaper import Reaper
 from gunicorn_smartspawn.master.setup import setup_notes
 from gunicorn_smartspawn.master.spawner import Spawner
-from gunicorn_smartspawn.scoreboard import Scoreboard
+from gunicorn_smartspawn.scoreboard import Scoreboards
 
 #: The module name gunicorn gives a configuration file it executes.
 CONFIG_MODULE = "__config__"
@@ -62,7 +62,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
     def __init__(self, app: Any, services: Sequence[ServiceFactory] = ()) -> None:
         self.children = Children()
         self.loop = Loop(self)
-        self.scoreboard = Scoreboard()  # mapped before anything forks: every child shares it
+        self.scoreboards = Scoreboards()  # one mapping per app; a child keeps only its own app's
         self.started_at = time.time()
         self._service_factories = list(services)
         self.services: list[Service] = []
@@ -234,6 +234,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if pool.workers or pool.pending or pool.preloader_pids():
             return
         spec = self.apps.forget(name)
+        self.scoreboards.drop(name)
         listenersmod.close(spec.listeners, unlink=True)
         self.LISTENERS = self.apps.all_listeners()
         self.log.info("app=%s stopped and removed", name)

@@ -102,6 +102,16 @@ class Children:
     def pending_workers(self) -> list[Any]:
         return [p.worker for p in self._pending.values()]
 
+    # -- in a fresh child of the master ------------------------------------------------------------
+
+    def forget_other_apps(self, app: str) -> None:
+        """Drop the worker records and spawn requests of every app but ``app`` (and the
+        worker objects, with their app's configuration, that they hold)."""
+        for pid in [pid for pid, c in self._table.items() if c.role == "worker" and c.app != app]:
+            del self._table[pid]
+        for key in [key for key in self._pending if key[0] != app]:
+            del self._pending[key]
+
 
 class WorkersView(MutableMapping[int, Any]):
     """gunicorn's ``WORKERS`` (pid -> worker object), backed by the registry."""

@@ -51,6 +51,7 @@ class Spawner:
 
     def start_preloader(self, pool: AppPool, generation: int, now: float) -> Child | None:
         spec = self.apps.specs[pool.name]
+        scoreboard = self.master.scoreboards.for_app(pool.name)  # mapped before the fork: the preloader inherits it
         channel, preloader_end = Channel.pair()
         try:
             pid = os.fork()
@@ -71,7 +72,7 @@ class Spawner:
                     worker_class=self.master.worker_class,
                     log=self.log,
                     server=self.master,
-                    scoreboard=self.master.scoreboard,
+                    scoreboard=scoreboard,
                 )
                 Preloader(launch, preloader_end).run()
             finally:
@@ -125,8 +126,8 @@ class Spawner:
                 app_name=spec.name,
                 forked=forked,
                 private_fds=() if forked else tuple(self.private_fds()),
-                scoreboard=master.scoreboard,
-                slot=master.scoreboard.assign(),
+                scoreboard=master.scoreboards.for_app(spec.name),
+                slot=master.scoreboards.assign(spec.name),
             )
         )
         return worker
@@ -175,7 +176,7 @@ class Spawner:
             worker.tmp.close()
         except OSError:
             pass
-        self.master.scoreboard.release(getattr(worker, "scoreboard_index", None))
+        self.master.scoreboards.release(getattr(worker, "app_name", None), getattr(worker, "scoreboard_index", None))
 
     # -- signals ------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from gunicorn_smartspawn.wire import (
     WorkerSpawned,
     cut_text,
 )
-from gunicorn_smartspawn.worker.runtime import SpawnContext, leave, run_worker_process
+from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
 
 #: How long a new worker waits for the master to become its parent.
 REPARENT_DEADLINE = 5.0
@@ -122,9 +122,13 @@ class Preloader:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         util._setproctitle(f"preloader [{self.app_name}]")
         self.spec.enter()  # chdir, paths and env of a multi-app entry
-        if self.spec.config is not None and os.geteuid() == 0:
-            # its own user (multi-app 'user'/'group'): before any app code runs
-            util.set_owner_process(self.cfg.uid, self.cfg.gid, initgroups=self.cfg.initgroups)
+        # --user/--group (one app) or the app's 'user'/'group' (multi-app): the
+        # app's import runs as that user, as in gunicorn's own workers
+        if drop_root(self.cfg):
+            # changing credentials cleared the parent-death signal: set it again
+            _linux.set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != self.master_pid:
+                leave(PRELOADER_EXIT_OK)
 
     def _load(self) -> bool:
         if self.gc_freeze:

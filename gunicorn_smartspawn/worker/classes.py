@@ -22,7 +22,7 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
-from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext
+from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
 HOOK_HELP = (
     "-k smartspawn.Worker needs gunicorn-smartspawn's startup hook, which did not run "
@@ -101,6 +101,8 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         self.private_fds = ()
         if self._scoreboard is not None:
             self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.cfg.threads > 1)
+        if not self.forked:
+            drop_root(self.cfg)  # a forked worker's preloader did, before it imported the app
         super().init_process()
 
     def load_wsgi(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pwd
 import sys
 import time
 import traceback
@@ -93,6 +94,42 @@ def run_worker_process(server: Any, worker: Any) -> int:
         except Exception:
             log.warning("Exception during worker exit:\n%s", traceback.format_exc())
     return code
+
+
+def drop_root(cfg: Any) -> bool:
+    """As root, become ``cfg``'s user and group (``--user``/``--group``, or an app's
+    ``user``/``group``) before any app code runs; True when it did.
+
+    Done by a preloader before it imports the app, and by a direct worker
+    before gunicorn's own ``set_owner_process``, which then has nothing left
+    to do (and which, with ``--initgroups``, would leave the group root's).
+    """
+    if os.geteuid() != 0 or (cfg.uid, cfg.gid) == (os.geteuid(), os.getegid()):
+        return False
+    become_user(cfg.uid, cfg.gid)
+    if cfg.initgroups:
+        cfg.set("initgroups", False)  # done; gunicorn would call initgroups() again, which only root may
+    return True
+
+
+def become_user(uid: int, gid: int) -> None:
+    """Give up root for good: group ``gid``, the user's supplementary groups, then user ``uid``.
+
+    Unlike gunicorn's ``set_owner_process``, the supplementary groups are
+    always those of the user (``initgroups``), never root's; a uid without a
+    name in the user database gets none.
+    """
+    if uid != 0:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            os.setgroups([])
+        else:
+            os.initgroups(name, gid)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise RuntimeError(f"could not become uid={uid} gid={gid}")
 
 
 def leave(code: int) -> NoReturn:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 
 import pytest
 
-from gunicorn_smartspawn.scoreboard import DEFAULT_SLOTS, SLOT, Scoreboard, SlotView, SlotWriter
+from gunicorn_smartspawn.scoreboard import (
+    CLOCK_SKEW,
+    DEFAULT_SLOTS,
+    MAX_REQUEST_RATE,
+    MAX_REQUESTS,
+    SLOT,
+    Scoreboard,
+    Scoreboards,
+    SlotReading,
+    SlotView,
+    SlotWriter,
+    check_slot,
+)
 
 
 def test_a_slot_is_32_bytes() -> None:
@@ -184,3 +197,169 @@ def test_a_threaded_writer_takes_its_lock_around_each_update() -> None:
 def test_a_sync_writer_has_no_lock() -> None:
     writer = Scoreboard(slots=1).slot(0, threaded=False)
     assert writer is not None and writer._lock is None
+
+
+# -- what the master believes of a slot: check_slot ------------------------------------------------------
+
+WALL = 1_800_000_000.0
+
+
+def view(**fields: float) -> SlotView:
+    """A slot a worker with pid 4242 wrote at WALL - 10 and last used at WALL - 1, 7 requests."""
+    values: dict[str, float] = {"pid": 4242, "busy": 0, "requests": 7, "last_request": WALL - 1.0, "started": WALL - 10.0}
+    values.update(fields)
+    return SlotView(int(values["pid"]), int(values["busy"]), int(values["requests"]), values["last_request"], values["started"])
+
+
+def check(slot: SlotView, threads: int = 1, uptime: float | None = 10.0) -> SlotReading | None:
+    return check_slot(slot, pid=4242, threads=threads, wall=WALL, uptime=uptime)
+
+
+def test_a_plausible_slot_is_believed() -> None:
+    assert check(view()) == SlotReading(requests=7, busy=0, last_request=WALL - 1.0)
+    assert check(view(busy=1)) == SlotReading(requests=7, busy=1, last_request=WALL - 1.0)
+
+
+def test_a_slot_without_a_request_has_no_last_request() -> None:
+    assert check(view(requests=0, last_request=0.0)) == SlotReading(requests=0, busy=0, last_request=None)
+
+
+@pytest.mark.parametrize("pid", [0, 4243, -4242, 1])
+def test_a_slot_another_process_wrote_is_unknown(pid: int) -> None:
+    assert check(view(pid=pid)) is None
+
+
+def test_the_worker_pid_itself_must_be_a_pid() -> None:
+    assert check_slot(view(pid=0), pid=0, threads=1, wall=WALL) is None
+
+
+def test_busy_is_bounded_by_the_workers_threads() -> None:
+    assert check(view(busy=2)) is None
+    assert check(view(busy=2), threads=2) == SlotReading(requests=7, busy=2, last_request=WALL - 1.0)
+    assert check(view(busy=255), threads=4) is None
+    assert check(view(busy=-1)) is None
+    assert check(view(busy=1), threads=0) is not None  # a worker has at least one thread
+
+
+def test_requests_are_bounded_by_the_uptime_and_absolutely() -> None:
+    limit = int(MAX_REQUEST_RATE * (10.0 + CLOCK_SKEW))
+    assert check(view(requests=limit)) is not None
+    assert check(view(requests=limit + 1)) is None
+    assert check(view(requests=999_999_999), uptime=1.0) is None  # the forged count of the issue
+    assert check(view(requests=999_999_999), uptime=3600.0) is not None
+    assert check(view(requests=MAX_REQUESTS), uptime=None) is not None
+    assert check(view(requests=MAX_REQUESTS + 1), uptime=None) is None
+    assert check(view(requests=-1)) is None
+    assert check(view(requests=5), uptime=-3.0) is not None  # a negative uptime counts as zero
+    assert check(view(requests=5), uptime=math.nan) is not None  # an unknown one as no bound but the absolute
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0, WALL + CLOCK_SKEW + 1.0])
+def test_a_last_request_that_is_not_a_time_of_the_past_is_unknown(bad: float) -> None:
+    assert check(view(last_request=bad)) is None
+
+
+def test_a_last_request_a_little_ahead_of_the_masters_clock_is_believed() -> None:
+    assert check(view(last_request=WALL + CLOCK_SKEW / 2)) == SlotReading(7, 0, WALL + CLOCK_SKEW / 2)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
+def test_a_start_that_is_not_a_time_is_unknown(bad: float) -> None:
+    assert check(view(started=bad)) is None
+
+
+def test_the_master_reads_a_forged_slot_as_unknown() -> None:
+    board = Scoreboard(slots=2)
+    index = board.assign()
+    assert index == 0
+    SLOT.pack_into(board._map, 0, 4242, 200, 999_999_999, math.nan, math.inf)  # what a hostile worker writes
+    assert board.check(0, pid=4242, threads=1, wall=WALL, uptime=10.0) is None
+    SLOT.pack_into(board._map, 0, 4242, 1, 3, WALL - 2.0, WALL - 5.0)
+    assert board.check(0, pid=4242, threads=1, wall=WALL, uptime=10.0) == SlotReading(3, 1, WALL - 2.0)
+
+
+@pytest.mark.parametrize("index", [None, -1, 2, 1 << 40])
+def test_checking_what_is_not_a_slot_is_unknown(index: int | None) -> None:
+    assert Scoreboard(slots=2).check(index, pid=4242, threads=1, wall=WALL) is None
+
+
+def test_a_closed_board_reads_unknown_and_refuses_writers() -> None:
+    board = Scoreboard(slots=2)
+    index = board.assign()
+    board.close()
+    assert board.closed
+    assert board.check(index, pid=os.getpid(), threads=1, wall=time.time()) is None
+    assert board.slot(index, threaded=False) is None
+    assert board.assign() is None
+    board.release(index)  # nothing to release into, and no error
+
+
+# -- one board per app: Scoreboards ------------------------------------------------------------------------------
+
+
+def shared_mappings() -> set[int]:
+    """Start addresses of this process's shared anonymous mappings."""
+    with open("/proc/self/maps") as f:
+        return {int(line.split("-", 1)[0], 16) for line in f if " rw-s " in line and "/dev/zero" in line}
+
+
+def address(board: Scoreboard) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(board._map))
+
+
+def test_each_app_gets_its_own_mapping_once() -> None:
+    boards = Scoreboards(slots=4)
+    shop = boards.for_app("shop")
+    blog = boards.for_app("blog")
+    assert boards.for_app("shop") is shop and boards.get("blog") is blog and boards.get("admin") is None
+    assert boards.names() == ["shop", "blog"]
+    assert address(shop) != address(blog)
+    assert {address(shop), address(blog)} <= shared_mappings()
+    boards.close()
+
+
+def test_slots_are_assigned_and_released_per_app() -> None:
+    boards = Scoreboards(slots=2)
+    assert [boards.assign("shop"), boards.assign("shop"), boards.assign("shop")] == [0, 1, None]
+    assert boards.assign("blog") == 0  # another app's board: its own slots
+    boards.release("shop", 1)
+    boards.release("admin", 0)  # an app without a board: nothing happens
+    boards.release(None, 0)
+    assert [boards.assign("shop"), boards.assign("blog")] == [1, 1]
+    boards.close()
+
+
+def test_a_worker_writes_only_its_own_apps_board() -> None:
+    boards = Scoreboards(slots=2)
+    shop, blog = boards.for_app("shop"), boards.for_app("blog")
+    writer = shop.slot(boards.assign("shop"), threaded=False)
+    assert writer is not None
+    writer.begin()
+    assert shop.read(0).requests == 1 and blog.read(0) == SlotView(0, 0, 0, 0.0, 0.0)
+    boards.close()
+
+
+def test_keep_only_unmaps_every_other_apps_board() -> None:
+    boards = Scoreboards(slots=4)
+    shop, blog, admin = boards.for_app("shop"), boards.for_app("blog"), boards.for_app("admin")
+    gone = {address(blog), address(admin)}
+    kept = address(shop)
+    boards.keep_only("shop")
+    assert boards.names() == ["shop"] and boards.get("blog") is None
+    assert blog.closed and admin.closed and not shop.closed
+    mapped = shared_mappings()
+    assert kept in mapped and not gone & mapped, "an unmapped board is out of the process's reach"
+    boards.close()
+    assert shop.closed
+
+
+def test_drop_forgets_an_apps_board() -> None:
+    boards = Scoreboards(slots=1)
+    board = boards.for_app("blog")
+    boards.drop("blog")
+    boards.drop("blog")  # twice: nothing more happens
+    assert board.closed and boards.get("blog") is None
+    assert boards.for_app("blog") is not board  # an app added again gets a fresh board
+    boards.close()
