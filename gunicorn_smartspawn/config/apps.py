@@ -144,6 +144,8 @@ def normalize_bind(bind: str) -> str:
     if isinstance(address, str):
         return "unix:" + os.path.abspath(address)
     host, port = address
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bind={bind!r} is not valid: the port must be 0 to 65535")
     host = host.strip("[]").lower() or "0.0.0.0"
     if host == "localhost":
         host = "127.0.0.1"
@@ -154,7 +156,10 @@ def _check_binds(apps: Mapping[str, AppConfig]) -> None:
     owner: dict[str, str] = {}
     for app in apps.values():
         for bind in app.binds:
-            key = normalize_bind(bind)
+            try:
+                key = normalize_bind(bind)
+            except ConfigError as exc:
+                raise ConfigError(f"apps[{app.name!r}]['bind']={bind!r} is not valid: {str(exc).split(': ', 1)[-1]}") from None
             if key in owner:
                 other = owner[key]
                 what = "twice" if other == app.name else f"also by apps[{other!r}]"

@@ -111,6 +111,23 @@ def user(value: Any) -> str | int:
     return value
 
 
+def optional_count(value: Any) -> int | None:
+    """None (not set), or a whole number >= 0 from an int or a decimal string."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        count = int(value.strip()) if isinstance(value, str) else int(value)
+        if count != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        count = -1
+    if count < 0:
+        raise ValueError("a whole number >= 0, or None")
+    return count
+
+
 def socket_path(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -137,4 +154,7 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
         explain="'warn' (log what workers inherit), 'fence' (also cut inherited connections in each worker) or 'off'",
     ),
     "fork_safety_libraries": boolean,
+    "min_workers": optional_count,
+    "max_workers": optional_count,
+    "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),
 }

@@ -162,6 +162,16 @@ def _app_lines(app: Mapping[str, Any], read_proc: bool) -> list[str]:
         wrapped = textwrap.wrap(last_line(str(app["last_error"])), WIDTH, initial_indent="  error: ",
                                 subsequent_indent=" " * 9, max_lines=3, placeholder=" ...")
         lines.extend(wrapped)
+    pool = app.get("pool")
+    if isinstance(pool, Mapping):
+        idle = pool.get("worker_idle_timeout")
+        lines.append(
+            f"  pool {pool.get('min_workers')}..{pool.get('max_workers')}  busy {pool.get('busy')}  "
+            f"queue {pool.get('queue')}  idle out after {duration(idle) if idle else 'never'}"
+        )
+        last = pool.get("last_decision")
+        if isinstance(last, Mapping):
+            lines.append(clip(f"  last: {last.get('what')} ({duration(last.get('ago'))} ago)", WIDTH))
     preloader = app.get("preloader")
     if preloader is not None:
         timeout = preloader["idle_timeout"]

@@ -42,7 +42,19 @@ class CommandHandlers:
             started_at=master.started_at,
             now=time.monotonic(),
             wall=time.time(),
+            pool_bounds=self._pool_bounds(),
         )
+
+    def _pool_bounds(self) -> dict[str, dict[str, Any]]:
+        dynamic = self.master.dynamic
+        now = time.monotonic()
+        return {
+            name: statusmod.pool_status(
+                limits.min_workers, limits.max_workers, limits.idle_timeout, dynamic.waiting.get(name, 0),
+                dynamic.busy.get(name, 0), dynamic.last.get(name), now,
+            )
+            for name, limits in dynamic.limits.items()
+        }
 
     def memory(self, request: dict[str, Any]) -> dict[str, Any]:
         from gunicorn_smartspawn.control import memory
@@ -77,7 +89,10 @@ class CommandHandlers:
         if not 1 <= target <= MAX_SCALE:
             raise CommandError(f"app {pool.name!r} cannot have {target} workers: expected 1 to {MAX_SCALE}")
         previous = pool.target
-        if self.master.multi:
+        dynamic = self.master.dynamic
+        if dynamic.is_dynamic(pool.name):
+            dynamic.set_min(pool.name, target)  # a dynamic pool keeps at least this many
+        elif self.master.multi:
             pool.target = target
         else:
             self.master.num_workers = target  # gunicorn's own count (nworkers_changed runs)

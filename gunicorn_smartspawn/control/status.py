@@ -94,7 +94,15 @@ def snapshot(
     started_at: float,
     now: float,
     wall: float,
+    pool_bounds: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``pool_bounds``: per dynamic app, what :func:`pool_status` shows (the others have a fixed pool)."""
+    apps = [
+        app_status(pool, workers, scoreboards.get(name) if scoreboards is not None else None, now, wall)
+        for name, pool in pools.items()
+    ]
+    for app in apps:
+        app["pool"] = (pool_bounds or {}).get(app["name"])
     return {
         "master": {
             "pid": master_pid,
@@ -102,8 +110,20 @@ def snapshot(
             "smartspawn": __version__,
             "uptime": _round(wall - started_at),
         },
-        "apps": [
-            app_status(pool, workers, scoreboards.get(name) if scoreboards is not None else None, now, wall)
-            for name, pool in pools.items()
-        ],
+        "apps": apps,
+    }
+
+
+def pool_status(
+    min_workers: int, max_workers: int, idle_timeout: float, waiting: int, busy: int, last: tuple[float, str] | None,
+    now: float,
+) -> dict[str, Any]:
+    """A dynamic app's bounds, load and last scaling decision (None for a fixed pool)."""
+    return {
+        "min_workers": min_workers,
+        "max_workers": max_workers,
+        "worker_idle_timeout": idle_timeout,
+        "busy": busy,
+        "queue": waiting,
+        "last_decision": None if last is None else {"ago": _round(now - last[0]), "what": last[1]},
     }

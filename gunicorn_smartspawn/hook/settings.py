@@ -187,7 +187,8 @@ class Apps(Setting):  # type: ignore[misc]
         Config file only. Each entry needs ``app`` ('module:callable') and
         ``bind`` (an address or a list), and may set ``workers``,
         ``threads``, ``spawn_method``, ``preloader_idle_timeout``,
-        ``preloader_start_timeout``, ``spawn_timeout``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
+        ``preloader_start_timeout``, ``spawn_timeout``, ``min_workers``,
+        ``max_workers``, ``worker_idle_timeout``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
         ``max_requests``, ``max_requests_jitter``, ``chdir``,
         ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
@@ -298,6 +299,8 @@ class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
+from gunicorn_smartspawn.hook import pool_settings  # noqa: E402, F401  (registers the pool's settings)
+
 PLUGIN_SETTINGS: Final = (
     "apps",
     "smartspawn_socket",
@@ -305,6 +308,10 @@ PLUGIN_SETTINGS: Final = (
     "preloader_idle_timeout",
     "preloader_start_timeout",
     "spawn_timeout",
+    "min_workers",
+    "max_workers",
+    "worker_idle_timeout",
+    "max_pool_size",
     "gc_freeze",
     "smart_fork",
     "fork_safety",

@@ -27,10 +27,19 @@ class AppTable:
         #: listeners of an app whose bind changed, closed once its old generation is gone
         self.retired_listeners: list[Any] = []
         self._restart_check_at = 0.0
+        #: apps whose bind changed in the last configure: their previous listeners
+        self._rebound: dict[str, list[Any]] = {}
 
-    def configure(self, cfg: Any, app: Any, num_workers: int) -> None:
-        """(Re)build the specs and pools from the configuration just read."""
+    def configure(self, cfg: Any, app: Any, num_workers: int) -> set[str]:
+        """(Re)build the specs and pools from the configuration just read; the names of new apps.
+
+        An app that comes back while its removed incarnation still drains is
+        not new: it keeps its pool and listeners, and the reload that follows
+        gives it a new generation.
+        """
         wanted = self._wanted(cfg, app)
+        added = {name for name in wanted if name not in self.specs}
+        self._rebound = {}
         for name, gone in self.specs.items():
             if name not in wanted and not gone.removed:
                 gone.removed = True
@@ -39,10 +48,13 @@ class AppTable:
         cwd = util.getcwd()
         for name, spec in wanted.items():
             old = self.specs.get(name)
-            if old is not None and not old.removed:
+            if old is not None:
+                if old.removed:
+                    self.log.info("app=%s is back in the configuration while it drained: reloading it", name)
                 if old.config is not None and spec.config is not None and old.config.binds != spec.config.binds:
                     self.log.warning("app=%s bind changed from %s to %s: rebinding", name, old.config.binds, spec.config.binds)
                     self.retired_listeners.extend(old.listeners)
+                    self._rebound[name] = old.listeners
                 else:
                     spec.listeners = old.listeners
                 spec.restart_mtime = old.restart_mtime
@@ -50,7 +62,8 @@ class AppTable:
             if old is None:
                 spec.restart_mtime = _mtime(spec.restart_path)
             self.specs[name] = spec
-            self._configure_pool(spec, num_workers if not self.multi else spec.cfg.workers, renew=old is not None and old.removed)
+            self._configure_pool(spec, num_workers if not self.multi else spec.cfg.workers)
+        return added
 
     def _wanted(self, cfg: Any, app: Any) -> dict[str, AppSpec]:
         if not self.multi:
@@ -62,10 +75,10 @@ class AppTable:
             wanted[name] = AppSpec(name=name, app=AppLoader(entry, app_cfg), cfg=app_cfg, config=entry)
         return wanted
 
-    def _configure_pool(self, spec: AppSpec, target: int, renew: bool) -> None:
+    def _configure_pool(self, spec: AppSpec, target: int) -> None:
         pool = self.pools.get(spec.name)
         method = spec.cfg.spawn_method
-        if pool is None or renew:
+        if pool is None:
             self.pools[spec.name] = AppPool(
                 name=spec.name,
                 spawn_method=method,
@@ -86,6 +99,22 @@ class AppTable:
         pool.start_timeout = float(spec.cfg.preloader_start_timeout)
         pool.spawn_timeout = float(spec.cfg.spawn_timeout)
 
+    def bind_failed(self, name: str, error: str, added: bool) -> None:
+        """A reload could not bind ``name``'s addresses: a new app stays out, an app whose
+        bind changed keeps serving at its old addresses. The others are not touched."""
+        spec = self.specs[name]
+        for listener in spec.listeners:
+            listener.close()
+        if added:
+            del self.specs[name]
+            del self.pools[name]
+            self.log.error("app=%s not started: %s", name, error)
+            return
+        old = self._rebound.pop(name, [])
+        self.retired_listeners = [lnr for lnr in self.retired_listeners if lnr not in old]
+        spec.listeners = old
+        self.log.error("app=%s keeps its old addresses: %s", name, error)
+
     def all_listeners(self) -> list[Any]:
         return [lnr for spec in self.specs.values() for lnr in spec.listeners]
 
@@ -102,10 +131,11 @@ class AppTable:
     def old_generation_alive(self) -> bool:
         return any(w.generation < p.generation for p in self.pools.values() for w in p.workers.values())
 
-    def check_restart_files(self, now: float) -> None:
-        """Passenger's restart.txt: a new mtime restarts that app alone (checked once a second)."""
+    def check_restart_files(self, now: float) -> bool:
+        """Passenger's restart.txt: a new mtime restarts that app alone (checked once a second,
+        and True when it was: the master's other once-a-second checks follow)."""
         if now < self._restart_check_at:
-            return
+            return False
         self._restart_check_at = now + 1.0
         for spec in self.specs.values():
             if spec.restart_path is None or spec.removed:
@@ -115,6 +145,7 @@ class AppTable:
                 self.log.info("app=%s %s touched: restarting the app", spec.name, spec.restart_path)
                 self.pools[spec.name].request_reload(now)
             spec.restart_mtime = mtime
+        return True
 
     def keep_only(self, name: str) -> None:
         """In a fresh child of the master: drop every other app's spec and pool (settings, env, state)."""

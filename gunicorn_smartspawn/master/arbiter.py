@@ -36,8 +36,10 @@ from gunicorn_smartspawn import _compat, _linux, events
 from gunicorn_smartspawn.master import actions as act
 from gunicorn_smartspawn.master import listeners as listenersmod
 from gunicorn_smartspawn.master import pool as poolmod
+from gunicorn_smartspawn.master import shutdown
 from gunicorn_smartspawn.master.apps import AppTable
 from gunicorn_smartspawn.master.children import Children
+from gunicorn_smartspawn.master.dynamic import FAST_POLL, DynamicPools
 from gunicorn_smartspawn.master.loop import Loop, Service
 from gunicorn_smartspawn.master.metrics import Metrics
 from gunicorn_smartspawn.master.reaper import Reaper
@@ -56,6 +58,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     LISTENERS: list[Any]
     reexec_pid: int
+    num_workers: int  # (an annotation only: gunicorn's property stays in charge)
     pidfile: Any
     _last_logged_active_worker_count: int | None
 
@@ -67,6 +70,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self._service_factories = list(services)
         self.services: list[Service] = []
         self._reported_failure: dict[str, tuple[int, str | None]] = {}
+        self._added: set[str] = set()  # apps new in the last (re)load
         self.apps: AppTable
         super().__init__(app)  # gunicorn calls setup(), which builds the rest
 
@@ -90,10 +94,17 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.metrics = Metrics(self.log)
             self.spawner = Spawner(self)
             self.reaper = Reaper(self)
+            self.dynamic = DynamicPools(self)
         self.apps.multi = bool(app.cfg.apps)
         for note in notes:
             self.log.warning(note)
-        self.apps.configure(self.cfg, self.app, self.num_workers)
+        self._added = self.apps.configure(self.cfg, self.app, self.num_workers)
+        try:
+            self.dynamic.configure(self.num_workers)
+        except ValueError as exc:
+            if first:
+                raise RuntimeError(str(exc)) from None
+            self.log.error("%s; the pool keeps its previous bounds", exc)
 
     # -- start, signals, the wait ------------------------------------------------------------
 
@@ -136,7 +147,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def _wait(self, timeout: float) -> None:
         channels = {c.channel.fileno(): c for c in self.children.of_role("preloader") if c.channel is not None}
-        self.loop.wait(timeout, channels, self.services, self.reaper.reap, self.reaper.read)
+        if self.dynamic.fast:
+            timeout = min(timeout, FAST_POLL)  # a saturated app: look at its queue often
+        watch = self.dynamic.watch_fds()  # apps at zero workers: a connection wakes the master
+        self.loop.wait(timeout, channels, self.services, self.reaper.reap, self.reaper.read, watch)
 
     def run_from_thread(self, work: Callable[[], Any], timeout: float = 5.0) -> tuple[bool, Any]:
         """For other threads (gunicornc): run ``work`` in the main loop and wait for it."""
@@ -166,7 +180,9 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
     def manage_workers(self) -> None:
         now = time.monotonic()
         self.reaper.sweep_if_due(now)
-        self.apps.check_restart_files(now)
+        if self.apps.check_restart_files(now):
+            self._check_listeners(now)
+        self.dynamic.step(now)
         for name, pool in list(self.apps.pools.items()):
             self._manage_pool(name, pool, now)
         if self.apps.retired_listeners and not self.apps.old_generation_alive():
@@ -182,7 +198,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             )
 
     def _manage_pool(self, name: str, pool: poolmod.AppPool, now: float) -> None:
-        if not self.multi:
+        if not self.multi and not self.dynamic.is_dynamic(name):
             pool.target = self.num_workers
         for child in self.children.of_role("worker", name):
             state = pool.workers.get(child.pid)
@@ -201,6 +217,14 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self._drop_removed_app(name)
 
     def _perform(self, pool: poolmod.AppPool, action: act.Action, now: float) -> None:
+        try:
+            self._carry_out(pool, action, now)
+        except OSError as exc:  # EMFILE, ENOMEM, EAGAIN, ENOSPC: a failed spawn that backs off
+            what = type(action).__name__
+            pool.start_failed(f"carry out {what}", exc.strerror or str(exc), now)
+            self.log.error("app=%s %s failed: %s; backing off", pool.name, what, exc.strerror or exc)
+
+    def _carry_out(self, pool: poolmod.AppPool, action: act.Action, now: float) -> None:
         if isinstance(action, act.SpawnFromPreloader):
             for _ in range(action.count):
                 preloader = self.children.preloader(action.preloader_pid)
@@ -226,6 +250,24 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.kill_worker(action.pid, signal.SIGTERM)
         elif isinstance(action, act.Halt):
             raise HaltServer(action.reason, action.exit_status)
+
+    def _check_listeners(self, now: float) -> None:
+        """A listener that stopped accepting (a worker shut it down) is bound anew, and its
+        app's workers are rolled onto the new one, as on HUP."""
+        for spec in list(self.apps.specs.values()):
+            for listener in list(spec.listeners):
+                if spec.removed or listenersmod.accepting(listener):
+                    continue
+                self.log.error("app=%s listener %s stopped accepting connections: binding it again", spec.name, listener)
+                try:
+                    fresh = listenersmod.rebind(listener, spec.cfg, self.log)
+                except (OSError, ValueError) as exc:
+                    self.log.error("app=%s could not bind %s again: %s", spec.name, listener, exc)
+                    continue
+                for other in self.apps.specs.values():  # the one-app form shares gunicorn's LISTENERS
+                    other.listeners = [fresh if lnr is listener else lnr for lnr in other.listeners]
+                self.LISTENERS = [fresh if lnr is listener else lnr for lnr in self.LISTENERS]
+                self.apps.pools[spec.name].request_reload(now)
 
     def _drop_removed_app(self, name: str) -> None:
         pool = self.apps.pools[name]
@@ -285,19 +327,20 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.spawner.kill(child.pid, signal.SIGUSR1)
 
     def handle_ttin(self) -> None:
-        if not self.multi:
-            super().handle_ttin()
-            return
-        for pool in self.apps.pools.values():  # one more worker for every app
-            pool.target += 1
-        self.manage_workers()
+        self._ttin_ttou(+1)
 
     def handle_ttou(self) -> None:
-        if not self.multi:
-            super().handle_ttou()
-            return
-        for pool in self.apps.pools.values():  # one fewer for every app, never below one
-            pool.target = max(1, pool.target - 1)
+        self._ttin_ttou(-1)
+
+    def _ttin_ttou(self, delta: int) -> None:
+        """One more (fewer) worker for every app: a fixed pool's count, a dynamic pool's ``min_workers``."""
+        for name, pool in self.apps.pools.items():
+            if self.dynamic.is_dynamic(name):
+                self.dynamic.move_min(name, delta)
+            elif not self.multi:
+                self.num_workers = max(1, self.num_workers + delta)  # gunicorn's own count (nworkers_changed)
+            else:
+                pool.target = max(1, pool.target + delta)
         self.manage_workers()
 
     # -- reload and stop ------------------------------------------------------------------------
@@ -329,14 +372,18 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         _compat.count(self, "reloads")
         util._setproctitle(f"master [{self.proc_name}]")
         now = time.monotonic()
-        for pool in self.apps.pools.values():
+        for name, pool in self.apps.pools.items():
+            if name in self._added or self.apps.specs[name].removed:
+                continue  # a new app starts at generation 1; a removed one only drains
             pool.request_reload(now)
             self.log.info("app=%s reloading: generation %d", pool.name, pool.generation + (pool.spawn_method == "smart"))
         self.manage_workers()
 
     def _rebind(self, old_address: Any) -> None:
         if self.multi:
-            listenersmod.bind_apps(self.apps.specs.values(), self.cfg, self.log)
+            failed = listenersmod.bind_apps(self.apps.specs.values(), self.cfg, self.log, strict=False)
+            for name, error in failed.items():
+                self.apps.bind_failed(name, error, added=name in self._added)
             self.LISTENERS = self.apps.all_listeners()
             return
         if old_address != self.cfg.address:
@@ -348,46 +395,4 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             spec.listeners = list(self.LISTENERS)
 
     def stop(self, graceful: bool = True) -> None:
-        for service in self.services:
-            service.close()
-        self.services = []
-        unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
-        sock.close_sockets([*self.LISTENERS, *self.apps.retired_listeners], unlink)
-        self.LISTENERS = []
-        self.apps.retired_listeners = []
-        for spec in self.apps.specs.values():
-            spec.listeners = []
-        for pool in self.apps.pools.values():
-            pool.stop_all_preloaders("the master is stopping")
-        for child in self.children.of_role("preloader"):
-            self.spawner.close_channel(child)
-            self.spawner.kill(child.pid, signal.SIGTERM)
-        sig = signal.SIGTERM if graceful else signal.SIGQUIT
-        limit = time.time() + self.cfg.graceful_timeout
-        self.kill_workers(sig)
-        if _compat.dirty_pid(self):
-            self.kill_dirty_arbiter(sig)
-        quick = not graceful
-        while (len(self.children) or _compat.dirty_pid(self)) and time.time() < limit:
-            if not quick and self._quick_shutdown_requested():
-                quick = True
-                self.log.info("Quick shutdown requested")
-                self.kill_workers(signal.SIGQUIT)
-                limit = time.time() + 2.0
-            self.loop.chld = True
-            self._wait(0.1)
-        self.kill_workers(signal.SIGKILL)
-        for child in self.children.of_role("preloader"):
-            self.spawner.kill(child.pid, signal.SIGKILL)
-        if _compat.dirty_pid(self):
-            self.kill_dirty_arbiter(signal.SIGKILL)
-        self.spawner.sweep_orphans(signal.SIGKILL, reason="the master is stopping")
-        deadline = time.time() + 1.0
-        while len(self.children) and time.time() < deadline:
-            self.loop.chld = True
-            self._wait(0.05)
-        self.loop.chld = True
-        self._wait(0.0)
-
-    def _quick_shutdown_requested(self) -> bool:
-        return any(sig in (signal.SIGINT, signal.SIGQUIT) for sig in _compat.peek_signals(self))
+        shutdown.stop(self, graceful)

@@ -76,6 +76,7 @@ class Loop:
         services: Iterable[Service],
         on_chld: Callable[[], None],
         on_channel: Callable[[Any], None],
+        watch: Iterable[int] = (),
     ) -> None:
         """Sleep until a signal, a message or ``timeout``; then reap, read and serve."""
         services = list(services)
@@ -84,7 +85,7 @@ class Loop:
         readable: list[int] = []
         if not self.chld:
             try:
-                readable, _, _ = select.select([*own, *channels, *service_fds], [], [], timeout)
+                readable, _, _ = select.select([*own, *channels, *service_fds, *watch], [], [], timeout)
             except InterruptedError:
                 readable = []
         for fd in own:

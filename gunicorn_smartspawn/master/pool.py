@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
 from gunicorn_smartspawn.master import actions as act
-from gunicorn_smartspawn.master.states import SPAWN_BURST, PendingSpawn, PreloaderState, SpawnMethod, WorkerState, backoff_delay
+from gunicorn_smartspawn.master import states as st
 
 
 @dataclass
@@ -21,7 +21,7 @@ class AppPool:
     """One application's preloader(s), workers and spawn requests."""
 
     name: str
-    spawn_method: SpawnMethod
+    spawn_method: st.SpawnMethod
     target: int
     idle_timeout: float = 300.0
     start_timeout: float = 90.0
@@ -31,13 +31,13 @@ class AppPool:
     halt_on_boot_failure: bool = True
 
     generation: int = 1
-    preloader: PreloaderState | None = None
-    candidate: PreloaderState | None = None
+    preloader: st.PreloaderState | None = None
+    candidate: st.PreloaderState | None = None
     #: the preloader of the generation being replaced, kept until the new one serves in full
-    previous: PreloaderState | None = None
-    retiring_preloaders: dict[int, PreloaderState] = field(default_factory=dict)
-    workers: dict[int, WorkerState] = field(default_factory=dict)
-    pending: dict[int, PendingSpawn] = field(default_factory=dict)
+    previous: st.PreloaderState | None = None
+    retiring_preloaders: dict[int, st.PreloaderState] = field(default_factory=dict)
+    workers: dict[int, st.WorkerState] = field(default_factory=dict)
+    pending: dict[int, st.PendingSpawn] = field(default_factory=dict)
     early_exits: dict[int, int] = field(default_factory=dict)
     reload_requested: bool = False
     ever_ready: bool = False
@@ -45,12 +45,12 @@ class AppPool:
     retry_at: float = 0.0
     last_error: str | None = None
     halt: act.Halt | None = None
-    _to_stop: list[PreloaderState] = field(default_factory=list, repr=False)  # preloaders to stop, for tick
+    _to_stop: list[st.PreloaderState] = field(default_factory=list, repr=False)  # preloaders to stop, for tick
 
     # -- what the master reports ----------------------------------------------------
 
     def preloader_started(self, pid: int, generation: int, now: float) -> None:
-        state = PreloaderState(pid=pid, generation=generation, started_at=now, last_used=now)
+        state = st.PreloaderState(pid=pid, generation=generation, started_at=now, last_used=now)
         if generation > self.generation:
             self.candidate = state
             self.reload_requested = False
@@ -130,7 +130,7 @@ class AppPool:
     def spawn_requested(self, age: int, preloader_pid: int, now: float) -> None:
         state = self._preloader(preloader_pid)
         generation = state.generation if state else self.generation
-        self.pending[age] = PendingSpawn(age, generation, preloader_pid, now)
+        self.pending[age] = st.PendingSpawn(age, generation, preloader_pid, now)
         if state is not None:
             state.last_used = now
 
@@ -138,7 +138,7 @@ class AppPool:
         """A preloader reports a worker. Returns its exit status if it was reaped first."""
         request = self.pending.pop(age, None)
         generation = request.generation if request else self.generation
-        self.workers[pid] = WorkerState(pid, age, generation, forked=True, started_at=now)
+        self.workers[pid] = st.WorkerState(pid, age, generation, forked=True, started_at=now)
         status = self.early_exits.pop(pid, None)
         if status is not None:
             self.worker_exited(pid, status, now)
@@ -152,7 +152,7 @@ class AppPool:
 
     def worker_started(self, pid: int, age: int, now: float) -> None:
         """A direct worker, forked by the master."""
-        self.workers[pid] = WorkerState(pid, age, self.generation, forked=False, started_at=now)
+        self.workers[pid] = st.WorkerState(pid, age, self.generation, forked=False, started_at=now)
 
     def worker_ready(self, pid: int) -> None:
         worker = self.workers.get(pid)
@@ -163,7 +163,7 @@ class AppPool:
                 self.failures = 0
                 self.retry_at = 0.0
 
-    def worker_exited(self, pid: int, status: int, now: float) -> WorkerState | None:
+    def worker_exited(self, pid: int, status: int, now: float) -> st.WorkerState | None:
         worker = self.workers.pop(pid, None)
         if worker is None:
             return None
@@ -244,7 +244,7 @@ class AppPool:
         """Spawn up to the target in the current generation, or retire the surplus."""
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
         in_flight = [p for p in self.pending.values() if p.generation == self.generation]
-        need = min(self.target - len(current) - len(in_flight), SPAWN_BURST)
+        need = min(self.target - len(current) - len(in_flight), st.SPAWN_BURST)
         if need > 0 and may_start:
             if self.spawn_method == "direct":
                 return [act.SpawnDirect(need)]
@@ -260,16 +260,12 @@ class AppPool:
 
     def _rotate_old_generations(self) -> list[act.Action]:
         """Retire old-generation workers one for one as current ones become ready."""
-        ready_current = sum(1 for w in self.workers.values() if w.generation == self.generation and not w.retiring and w.ready)
-        old = sorted(
-            (w for w in self.workers.values() if w.generation < self.generation and not w.retiring),
-            key=lambda w: w.age,
-        )
-        actions: list[act.Action] = []
-        for worker in old[: max(0, len(old) - max(0, self.target - ready_current))]:
-            worker.retiring = True
-            actions.append(act.RetireWorker(worker.pid, f"generation {worker.generation} replaced"))
-        return actions
+        return [self.retire(w.pid, f"generation {w.generation} replaced") for w in st.old_to_retire(self)]
+
+    def retire(self, pid: int, reason: str) -> act.RetireWorker:
+        """Stop worker ``pid`` gracefully (the dynamic pool chose it): it no longer counts."""
+        self.workers[pid].retiring = True
+        return act.RetireWorker(pid, reason)
 
     def _time_out_spawns(self, now: float) -> list[act.Action]:
         """Kill what has not come up within ``spawn_timeout``; each counts as a failure."""
@@ -352,16 +348,16 @@ class AppPool:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _preloader(self, pid: int) -> PreloaderState | None:
+    def _preloader(self, pid: int) -> st.PreloaderState | None:
         return next((s for s in (self.preloader, self.candidate, self.previous) if s is not None and s.pid == pid), None)
 
-    def _retire_preloader(self, state: PreloaderState, reason: str, kill: bool = False) -> None:
+    def _retire_preloader(self, state: st.PreloaderState, reason: str, kill: bool = False) -> None:
         state.stop_reason = reason
         state.kill = kill
         self._to_stop.append(state)
         self.retiring_preloaders[state.pid] = state
 
-    def _drop_failed_preloader(self, state: PreloaderState) -> list[int]:
+    def _drop_failed_preloader(self, state: st.PreloaderState) -> list[int]:
         # a failed preloader exits by itself; keep it known until it is reaped
         self._detach(state)
         self.retiring_preloaders[state.pid] = state
@@ -371,7 +367,7 @@ class AppPool:
         self._forget_stale_exits()
         return lost
 
-    def _detach(self, state: PreloaderState) -> None:
+    def _detach(self, state: st.PreloaderState) -> None:
         """``state`` is no longer the current, candidate or previous preloader."""
         for attr in ("preloader", "candidate", "previous"):
             if getattr(self, attr) is state:
@@ -388,7 +384,7 @@ class AppPool:
         single-app server halts with if the app never came up."""
         self.failures += 1
         self.last_error = error
-        self.retry_at = now + backoff_delay(self.failures)
+        self.retry_at = now + st.backoff_delay(self.failures)
         if boot_code is not None and self.halt_on_boot_failure and not self.ever_ready and self.halt is None:
             self.halt = act.Halt(f"app {self.name}: {error}", boot_code)
 

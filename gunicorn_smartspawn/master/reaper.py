@@ -128,7 +128,7 @@ class Reaper:
             self.log.error(
                 "app=%s preloader pid=%d sent a bad frame (%s); stopping it", child.app, child.pid, cut_text(str(exc), 200)
             )
-            self._stop_hostile(child, "sent a bad frame")
+            self._stop_hostile(child, "broke the channel protocol")
             return
         now = time.monotonic()
         pool = self.apps.pools[child.app]

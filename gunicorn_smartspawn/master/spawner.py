@@ -52,15 +52,17 @@ class Spawner:
     def start_preloader(self, pool: AppPool, generation: int, now: float) -> Child | None:
         spec = self.apps.specs[pool.name]
         scoreboard = self.master.scoreboards.for_app(pool.name)  # mapped before the fork: the preloader inherits it
-        channel, preloader_end = Channel.pair()
+        try:
+            channel, preloader_end = Channel.pair()
+        except OSError as exc:
+            pool.start_failed("start a preloader", f"socketpair: {exc.strerror or exc}", now, generation)
+            return None
         try:
             pid = os.fork()
         except OSError as exc:
             channel.close()
             preloader_end.close()
-            self.log.error("app=%s could not fork a preloader: %s", pool.name, exc)
-            pool.preloader_started(-1, generation, now)
-            pool.preloader_exited(-1, 1 << 8, now)
+            pool.start_failed("start a preloader", f"fork: {exc.strerror or exc}", now, generation)
             return None
         if pid == 0:
             try:

@@ -7,7 +7,7 @@ readings the master passes in).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 SpawnMethod = Literal["smart", "direct"]
 
@@ -59,3 +59,12 @@ class PendingSpawn:
     generation: int
     preloader_pid: int
     requested_at: float
+
+
+def old_to_retire(pool: Any) -> list[WorkerState]:
+    """Old-generation workers to retire now: as many as current-generation ones serve beyond
+    what the target still needs from the old generation, oldest first."""
+    current = pool.generation
+    ready_current = sum(1 for w in pool.workers.values() if w.generation == current and not w.retiring and w.ready)
+    old = sorted((w for w in pool.workers.values() if w.generation < current and not w.retiring), key=lambda w: w.age)
+    return old[: max(0, len(old) - max(0, pool.target - ready_current))]

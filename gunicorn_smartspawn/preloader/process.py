@@ -108,7 +108,9 @@ class Preloader:
             leave(PRELOADER_CRASHED)
 
     def _become_preloader(self) -> None:
-        _linux.set_parent_death_signal(signal.SIGTERM)
+        # SIGKILL, not SIGTERM: an app may ignore SIGTERM during its import, and a
+        # preloader must never outlive the master (and hold its ports)
+        _linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self.master_pid:  # the master died before the line above
             leave(PRELOADER_EXIT_OK)
         for name in _IGNORED:

@@ -250,21 +250,11 @@ def test_gunicorn_spellings_of_one_address_are_one_address(first: str, second: s
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: config/apps.py normalize_bind() raises ConfigError(\"bind='...' is not valid\") "
-    "without the app's name, though every error of the table names the app and the key",
-)
 @pytest.mark.parametrize("bind", ["127.0.0.1:http", "fd://x"])
 def test_an_address_gunicorn_cannot_parse_names_the_app(bind: str) -> None:
     assert refused({"shop": entry(bind=bind)}).startswith(f"apps['shop']['bind']={bind!r} is not valid")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: a port above 65535 passes validate_apps; binding it later raises OverflowError "
-    "(not OSError), which master/listeners.py bind_one() lets through as a traceback",
-)
 @pytest.mark.parametrize("bind", ["127.0.0.1:99999", "127.0.0.1:65536"])
 def test_a_port_out_of_range_is_refused(bind: str) -> None:
     assert refused({"shop": entry(bind=bind)}).startswith(f"apps['shop']['bind']={bind!r} is not valid")

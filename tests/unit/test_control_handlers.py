@@ -15,6 +15,7 @@ from gunicorn_smartspawn._version import __version__
 from gunicorn_smartspawn.control.handlers import MAX_SCALE, CommandHandlers
 from gunicorn_smartspawn.control.protocol import PROTOCOL
 from gunicorn_smartspawn.control.server import CommandError, Handler, handle_request
+from gunicorn_smartspawn.master.dynamic import DynamicPools, Limits
 from gunicorn_smartspawn.master.pool import AppPool
 from gunicorn_smartspawn.scoreboard import Scoreboard
 
@@ -73,11 +74,19 @@ class FakeMaster:
         self.multi = multi
         self.num_workers = pools[0].target
         self.managed = 0
+        self.dynamic = DynamicPools(self)  # type: ignore[arg-type]  (no app is dynamic unless a test says so)
 
     def manage_workers(self) -> None:
         self.managed += 1
         if not self.multi:  # as SmartArbiter._manage_pool: the one-app pool follows gunicorn's count
             next(iter(self.apps.pools.values())).target = self.num_workers
+
+
+def test_scale_of_a_dynamic_app_moves_its_min_workers() -> None:
+    master = FakeMaster([smart_pool("shop", 1)])
+    master.dynamic.limits["shop"] = Limits(min_workers=1, max_workers=4, idle_timeout=300.0)
+    CommandHandlers(master).scale({"command": "scale", "app": "shop", "workers": 6})
+    assert master.dynamic.limits["shop"] == Limits(min_workers=6, max_workers=6, idle_timeout=300.0)
 
 
 def smart_pool(name: str = "shop", target: int = 2) -> AppPool:

@@ -57,6 +57,7 @@ MODULE_LAYERS: Final[dict[str, str]] = {
     f"{ROOT}.__main__": "top",
     f"{ROOT}.hook.plugin": "top",
     f"{ROOT}.hook.settings": "top",
+    f"{ROOT}.hook.pool_settings": "top",
     f"{ROOT}.hook": "shared",  # a docstring: importing hook.state runs it
     f"{ROOT}.hook.state": "shared",
     **{

@@ -205,7 +205,7 @@ def test_socket_path_refuses(value: Any) -> None:
 
 
 def test_the_plugin_checks_are_the_plugin_settings_an_app_may_set() -> None:
-    assert set(v.PLUGIN_CHECKS) == set(PLUGIN_SETTINGS) - {"apps", "smartspawn_socket"}
+    assert set(v.PLUGIN_CHECKS) == set(PLUGIN_SETTINGS) - {"apps", "smartspawn_socket", "max_pool_size"}
     for name, check in v.PLUGIN_CHECKS.items():
         assert KEYS[name] == (check, name), name  # the very same function, applied to the same setting
 
@@ -236,6 +236,8 @@ SECONDS_ACCEPTED: Final = [("30", 30), (0, 0), (" 5 ", 5), (12.0, 12)]
 SECONDS_REFUSED: Final = [-1, "soon", 2.5, True]
 BOOLEAN_ACCEPTED: Final = [("yes", True), ("True", True), ("0", False), (" no ", False), (False, False)]
 BOOLEAN_REFUSED: Final = ["maybe", 1, None]
+COUNT_ACCEPTED: Final = [("3", 3), (0, 0), (" 8 ", 8), (None, None)]
+COUNT_REFUSED: Final = [-1, "many", 2.5, True]
 
 
 def _kind(name: str) -> str:
@@ -244,6 +246,8 @@ def _kind(name: str) -> str:
         return "boolean"
     if check.__name__ == "check_seconds":
         return "seconds"
+    if check is v.optional_count:
+        return "count"
     assert name in CHOICES, f"{name}: a new kind of check needs its samples in this file"
     return "choice"
 
@@ -259,6 +263,9 @@ def _samples() -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any]]]:
         elif kind == "seconds":
             accepted += [(name, given, expected) for given, expected in SECONDS_ACCEPTED]
             refused += [(name, value) for value in SECONDS_REFUSED]
+        elif kind == "count":
+            accepted += [(name, given, expected) for given, expected in COUNT_ACCEPTED]
+            refused += [(name, value) for value in COUNT_REFUSED]
         else:
             accepted += [(name, f" {c.title()} ", c) for c in CHOICES[name]] + [(name, c.upper(), c) for c in CHOICES[name]]
             refused += [(name, "fast"), (name, ""), (name, 1), (name, f"{CHOICES[name][0]} {CHOICES[name][1]}")]

@@ -1,0 +1,94 @@
+"""The dynamic pool's settings (Passenger's pool): min/max workers per app, idle time, one pool size.
+
+Registered with gunicorn like the other settings (imported by :mod:`.settings`).
+``workers`` alone keeps a fixed pool; setting ``min_workers`` or
+``max_workers`` makes the pool grow under load and shrink when idle. See
+docs/pool.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.config import Setting
+
+from gunicorn_smartspawn.config import validators
+
+SECTION = "Smart Spawning"
+
+
+def _validator(name: str, checker: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+    check = checker or validators.PLUGIN_CHECKS[name]
+
+    def validate(value: Any) -> Any:
+        return validators.check(name, check, value)
+
+    return validate
+
+
+class MinWorkers(Setting):  # type: ignore[misc]
+    name = "min_workers"
+    section = SECTION
+    cli = ["--min-workers"]
+    meta = "INT"
+    validator = _validator("min_workers")
+    default = None
+    desc = """\
+        The fewest workers an app keeps; with max_workers, the pool grows and shrinks.
+
+        As Passenger's ``min_instances``. Setting it (or ``max_workers``)
+        makes the pool dynamic: workers are spawned while every worker is
+        busy and connections wait, up to ``max_workers``, and stopped after
+        ``worker_idle_timeout`` seconds without a request, down to this
+        number. ``0`` lets an app scale to zero: its socket stays bound and
+        the first connection starts a worker. Unset: the pool is fixed at
+        ``workers``. See docs/pool.md.
+        """
+
+
+class MaxWorkers(Setting):  # type: ignore[misc]
+    name = "max_workers"
+    section = SECTION
+    cli = ["--max-workers"]
+    meta = "INT"
+    validator = _validator("max_workers")
+    default = None
+    desc = """\
+        The most workers an app may have under load (dynamic pool).
+
+        As Passenger's ``max_instances_per_app``. Unset with ``min_workers``
+        set: ``workers``. See docs/pool.md.
+        """
+
+
+class WorkerIdleTimeout(Setting):  # type: ignore[misc]
+    name = "worker_idle_timeout"
+    section = SECTION
+    cli = ["--worker-idle-timeout"]
+    meta = "SECONDS"
+    validator = _validator("worker_idle_timeout")
+    default = 300
+    desc = """\
+        Stop a worker that served nothing for this long, above min_workers.
+
+        As Passenger's ``pool_idle_time``: only in a dynamic pool, the
+        oldest idle worker first. ``0`` never shrinks the pool.
+        """
+
+
+class MaxPoolSize(Setting):  # type: ignore[misc]
+    name = "max_pool_size"
+    section = SECTION
+    cli = ["--max-pool-size"]
+    meta = "INT"
+    validator = _validator("max_pool_size", validators.optional_count)
+    default = None
+    desc = """\
+        The most workers of all apps together (several apps in one master).
+
+        As Passenger's ``max_pool_size``. When an app needs a worker and the
+        pool is full, the worker of another app that has been idle longest
+        is stopped to make room; if none is idle, the app waits. Unset: no
+        limit but each app's own.
+        """
