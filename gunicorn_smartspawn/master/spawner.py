@@ -127,7 +127,10 @@ class Spawner:
             SpawnContext(
                 app_name=spec.name,
                 forked=forked,
-                private_fds=() if forked else tuple(self.private_fds()),
+                # (none: a direct child closes the master's descriptors in leave_master, right after
+                # the fork; closing them again later would close whatever reused their numbers,
+                # such as a --reuse-port listener bound by the worker itself)
+                private_fds=(),
                 scoreboard=master.scoreboards.for_app(spec.name),
                 slot=master.scoreboards.assign(spec.name),
             )
