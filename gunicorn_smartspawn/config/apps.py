@@ -73,10 +73,11 @@ class AppConfig:
         return os.path.normpath(os.path.join(root, path))
 
 
-def validate_apps(value: Any) -> dict[str, AppConfig]:
-    """The ``apps`` setting's validator: name -> AppConfig, or a ConfigError naming app and key."""
+def validate_apps(value: Any) -> dict[str, AppConfig] | None:
+    """The ``apps`` setting's validator: name -> AppConfig (None stays None: the setting's default,
+    as gunicorn's own tests expect of every default), or a ConfigError naming app and key."""
     if value is None:
-        return {}
+        return None
     if isinstance(value, Mapping) and all(isinstance(v, AppConfig) for v in value.values()):
         return dict(value)  # already validated (a Config being copied)
     if not isinstance(value, Mapping):
