@@ -140,6 +140,19 @@ def _conf(name):
 
 
 PLUGIN = ("-k", "smartspawn.Worker")
+# The dynamic pool of the surge: from 1 worker up to DYNAMIC_MAX by itself; the
+# idle timeout is long enough that no worker is stopped during a sample.
+DYNAMIC_MAX = 8
+DYNAMIC_ARGS = ("--min-workers", "1", "--max-workers", str(DYNAMIC_MAX),
+                "--worker-idle-timeout", "300")
+# uWSGI's counterpart: from --cheaper 1 up to --processes, checked once a
+# second (--cheaper-overload 1, the least); spawning --cheaper-step 7 at a time,
+# so that one decision can take it from 1 to 8 (the default step is 1 a second)
+UWSGI_CHEAPER_ARGS = ("--cheaper", "1", "--cheaper-initial", "1", "--cheaper-overload", "1",
+                      "--cheaper-step", str(DYNAMIC_MAX - 1))
+# Scale to zero: no worker kept; a worker idle for 1 s is stopped (max_workers
+# defaults to -w, 1 in wake.py)
+SCALE_TO_ZERO_ARGS = ("--min-workers", "0", "--worker-idle-timeout", "1")
 VARIANTS = {v.name: v for v in [
     Variant("smart", "smartspawn smart", "gunicorn",
             (*PLUGIN, "--spawn-method=smart"), plugin=True),
@@ -158,6 +171,23 @@ VARIANTS = {v.name: v for v in [
             ("--preload", "-c", _conf("stock_gc_freeze_collect.py")), stock=True),
     Variant("uwsgi", "uWSGI (preforking)", "uwsgi", ()),
     Variant("uwsgi-lazy", "uWSGI --lazy-apps", "uwsgi", ("--lazy-apps",)),
+    # dynamic pools (surge_dynamic.py, wake.py): the pool sizes itself, no signals.
+    # gunicorn's -w is the starting count; uWSGI's --processes (the ``workers``
+    # of the command) is its maximum, --cheaper its minimum.
+    Variant("smart-dynamic", "smartspawn smart, dynamic pool 1-%d" % DYNAMIC_MAX, "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", *DYNAMIC_ARGS), plugin=True),
+    Variant("direct-dynamic", "smartspawn direct, dynamic pool 1-%d" % DYNAMIC_MAX, "gunicorn",
+            (*PLUGIN, "--spawn-method=direct", *DYNAMIC_ARGS), plugin=True),
+    Variant("uwsgi-cheaper-backlog", "uWSGI cheaper mode, backlog algorithm", "uwsgi",
+            ("--cheaper-algo", "backlog", *UWSGI_CHEAPER_ARGS)),
+    Variant("uwsgi-cheaper-busyness", "uWSGI cheaper mode, busyness algorithm", "uwsgi",
+            ("--cheaper-algo", "busyness", *UWSGI_CHEAPER_ARGS)),
+    Variant("smart-zero", "smartspawn smart, scale to zero, preloader kept", "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", *SCALE_TO_ZERO_ARGS, "--preloader-idle-timeout", "0"),
+            plugin=True),
+    Variant("smart-zero-cold", "smartspawn smart, scale to zero, preloader idled out too",
+            "gunicorn", (*PLUGIN, "--spawn-method=smart", *SCALE_TO_ZERO_ARGS,
+                         "--preloader-idle-timeout", "1"), plugin=True),
     Variant("fork-floor", "bare os.fork() floor", "floor"),
 ]}
 
@@ -522,6 +552,15 @@ class Server:
     def worker_pids(self):
         """The live worker processes, from /proc (titles for gunicorn, the
         master's children for uWSGI)."""
+        return self.pids_of_role("worker")
+
+    def preloader_pids(self):
+        """The live preloaders (smart spawning; none for other servers)."""
+        return self.pids_of_role("preloader")
+
+    def pids_of_role(self, role):
+        """Live processes below the master titled ``gunicorn: ROLE [...]``
+        (uWSGI: its workers are the master's children, it has no preloader)."""
         from gunicorn_smartspawn.control.memory import parse_title, read_title
 
         pids = []
@@ -530,11 +569,11 @@ class Server:
             if not fields or fields[0] == "Z":
                 continue
             if self.variant.kind == "uwsgi":
-                if int(fields[1]) == self.pid:
+                if role == "worker" and int(fields[1]) == self.pid:
                     pids.append(pid)
                 continue
             with contextlib.suppress(Exception):
-                if parse_title(read_title(pid))[0] == "worker":
+                if parse_title(read_title(pid))[0] == role:
                     pids.append(pid)
         return sorted(pids)
 
@@ -760,12 +799,16 @@ def plugin_option(flag):
     spec = importlib.util.find_spec("gunicorn_smartspawn")
     if spec is None or not spec.submodule_search_locations:
         return False
-    path = os.path.join(list(spec.submodule_search_locations)[0], "settings.py")
-    try:
-        with open(path) as f:
-            return '"%s"' % flag in f.read()
-    except OSError:
-        return False
+    root = list(spec.submodule_search_locations)[0]
+    for path in (os.path.join(root, "hook", "settings.py"),  # the layout by process role
+                 os.path.join(root, "settings.py")):  # before it
+        try:
+            with open(path) as f:
+                if '"%s"' % flag in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
 
 
 def plugin_hook_active():

@@ -178,7 +178,65 @@ def evaluate(results):
         _at_least("surge", "surge: smart reaches 8 serving workers at least 10× sooner than direct",
                   results, "surge", "direct/smart", 10, "direct / smart ="),
     ]
+    out += evaluate_pool(results)
     return out
+
+
+# the dynamic pool's targets (surge_dynamic.py, wake.py)
+SURGE_DYNAMIC_LIMIT_S = 0.2
+SURGE_DYNAMIC_P99_LIMIT = 2.0
+
+
+def evaluate_pool(results):
+    sd = piece(results, "surge-dynamic")
+    n = sd["clients"] if sd else 8
+    text = ("surge (dynamic pool, no signals): smart reaches %d serving workers within %s of "
+            "a step from 1 to %d clients" % (n, sec(SURGE_DYNAMIC_LIMIT_S), n))
+    s = ((sd or {}).get("summary") or {}).get("smart-dynamic")
+    if not s:
+        out = [_target("surge-dynamic", text, _not_measured(results, "surge-dynamic"), None, "")]
+    elif not s["until_all_serve_s"]:
+        out = [_target("surge-dynamic", text, "never, in %d runs" % s["n"], False,
+                       "%d workers never served" % n)]
+    else:
+        t = s["until_all_serve_s"]
+        context = []
+        for v, label in (("direct-dynamic", "direct"), ("uwsgi-cheaper-backlog", "uWSGI backlog"),
+                         ("uwsgi-cheaper-busyness", "uWSGI busyness")):
+            o = sd["summary"].get(v)
+            if o and o["until_all_serve_s"]:
+                context.append("%s %s%s" % (label, sec(o["until_all_serve_s"]["median"]),
+                                            _grew_before(o)))
+            elif o:
+                context.append("%s never" % label)
+        measured = "smart %s%s%s" % (
+            spread(t, sec), "" if s["reached"] == s["n"] else
+            " in the %d of %d runs that got there" % (s["reached"], s["n"]),
+            " (%s)" % ", ".join(context) if context else "")
+        ok = t["median"] <= SURGE_DYNAMIC_LIMIT_S
+        out = [_target("surge-dynamic", text, measured, ok, "%s over the limit of %s" % (
+            pct(t["median"] / SURGE_DYNAMIC_LIMIT_S - 1), sec(SURGE_DYNAMIC_LIMIT_S)),
+            t["median"])]
+    out.append(_at_most(
+        "surge-dynamic-p99", "surge (dynamic pool): smart's p99 latency during the step at most "
+        "%d× that of a fixed pool of %d smart workers" % (SURGE_DYNAMIC_P99_LIMIT, n),
+        results, "surge-dynamic", "smart-dynamic/smart p99", SURGE_DYNAMIC_P99_LIMIT,
+        "dynamic / fixed ="))
+    out.append(_at_most(
+        "wake-preloader", "wake from zero, preloader kept: within 3× of one smart spawn plus one "
+        "warm request", results, "wake", "smart-zero", 3.0, "wake / (spawn + warm request) ="))
+    out.append(_at_most(
+        "wake-cold", "wake from zero, preloader idled out too: within 1.2× of the app's import "
+        "plus one spawn", results, "wake", "smart-zero-cold", 1.2, "wake / (import + spawn) ="))
+    return out
+
+
+def _grew_before(summary):
+    """' (already at N workers when the step came)' for a pool that grew before t0."""
+    at = summary.get("workers_at_step") or {}
+    if at and at.get("median", 1) > 1:
+        return " (already %d workers at the step)" % at["median"]
+    return ""
 
 
 def targets_text(results):
@@ -391,7 +449,124 @@ def explain(tid, results):
     if tid == "surge":
         return ("The surge figure for smart is the time of seven spawns in a row, each "
                 "waiting for the master to handle its signal.")
+    if tid in ("surge-dynamic", "surge-dynamic-p99"):
+        return _explain_surge_dynamic(tid, results)
+    if tid in ("wake-preloader", "wake-cold"):
+        return _explain_wake(tid, results)
     return ""
+
+
+def _ordinal(n):
+    return "%d%s" % (n, "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th"))
+
+
+def _explain_surge_dynamic(tid, results):
+    p = piece(results, "surge-dynamic")
+    s = (p or {}).get("summary", {}).get("smart-dynamic")
+    if not s:
+        return ""
+    n = p["clients"]
+
+    def med(key, fmt=sec):
+        return fmt(s[key]["median"]) if s.get(key) else "-"
+
+    parts = []
+    if tid == "surge-dynamic-p99":
+        ref = p["summary"].get(p["reference"])
+        parts.append(
+            "p99 %s (p50 %s) for the dynamic pool vs %s (p50 %s) for the fixed pool of %d. "
+            "Until the new workers serve, the %d clients queue behind the one worker, each "
+            "request waiting for up to %d others of %d ms; the growth took %s here (see the "
+            "previous target), and those first few hundred ms hold more than 1 %% of the %s "
+            "requests of the window, so the p99 is the growth time itself: it comes down with "
+            "a faster decision and faster spawning."
+            % (med("p99_ms", ms), med("p50_ms", ms),
+               ms(ref["p99_ms"]["median"]) if ref else "-",
+               ms(ref["p50_ms"]["median"]) if ref else "-", n, n, n - 1, p["view_ms"],
+               med("until_all_serve_s"), "%.0f" % s["requests_in_window"]["median"]))
+        return " ".join(parts)
+    decided = s.get("first_new_process_s")
+    procs = s.get("until_all_processes_s")
+    lines = sorted({line for r in p["runs"]["smart-dynamic"] for line in r["scale_lines"]})
+    parts.append(
+        "Medians of %d round%s: the first new worker process exists %s after the step (the "
+        "master's decision plus one spawn), %d worker processes at %s, the first new worker "
+        "answers at %s and the %s distinct worker at %s. The master logged: %s."
+        % (s["n"], "" if s["n"] == 1 else "s", med("first_new_process_s"), n,
+           med("until_all_processes_s"), med("first_new_serves_s"), _ordinal(n),
+           med("until_all_serve_s"),
+           "; ".join("`%s`" % line for line in lines[:4]) or "no scale line"))
+    if decided and decided["max"] <= 0.1:
+        parts.append(
+            "The decision was quick (the first new worker process at most %s after the step "
+            "in every round, its spawn included) "
+            "because the one client before the step kept the only worker busy nearly all the "
+            "time: the master had seen the pool saturated and was already sampling it every "
+            "20 ms. A step that finds the pool idle waits for the master's next pass, up to "
+            "a second (`python benchmarks/surge_dynamic.py --pre 0` measures that case)."
+            % sec(decided["max"]))
+    if decided and decided["max"] > 0.1:
+        parts.append(
+            "**The decision is late**: the first new worker appeared %s after the step "
+            "(%s–%s over the rounds), not tens of ms. While the pool is not saturated the "
+            "master samples the accept queue once per pass of its loop, about once a second "
+            "(the 20 ms sampling starts only once it has seen saturation), and nothing wakes "
+            "it when a queue forms behind busy workers, so the step waits 0–1 s for the next "
+            "pass. Closing this: sample a dynamic app's queue more often than every second "
+            "(a `TCP_INFO` read per listener costs microseconds), or wake the master when a "
+            "worker starts a request with every other worker busy."
+            % (sec(decided["median"]), sec(decided["min"]), sec(decided["max"])))
+    if decided and procs and n > 2:
+        per = (procs["median"] - decided["median"]) / (n - 2)
+        spawn = (piece(results, "spawn") or {}).get("summary", {}).get("smart") or {}
+        one = spawn.get("median")
+        if one is None:  # the wake piece's reference spawns, same run
+            one = ((((piece(results, "wake") or {}).get("summary") or {}).get("spawn") or {})
+                   .get("ms") or {}).get("median")
+        parts.append(
+            "**The spawns come one after another**, %s apart: the preloader serves spawn "
+            "requests one at a time (each a fork of a process of some 150 MiB; the plugin's "
+            "own fork time was %s median here), then each new worker starts and takes its "
+            "first request, on 2 cores shared with %d clients and the rest of the machine. "
+            "%sWhat would close it: fork the whole batch at once in the preloader (a fork "
+            "is a few ms; the workers' start-ups would then overlap)."
+            % (ms(per * 1000), ms(s["fork_ms"]["median"]) if s.get("fork_ms") else "-", n,
+               ("One spawn took %s elsewhere in this run (a single spawn, with no request load on "
+                "the server), so %d in a row take about %s even when decided at once. "
+                % (ms(one), n - 1, sec(one / 1000 * (n - 1)))) if one else ""))
+    most = s.get("most_workers")
+    if most and most["max"] > n:
+        parts.append(
+            "**The pool overshot**: it grew to %d worker processes (most in one round) for "
+            "%d clients, i.e. more than can ever be busy at once; see the log lines above "
+            "(\"scale up\" while workers it had just spawned were not ready yet)." % (most["max"], n))
+    return " ".join(parts)
+
+
+def _explain_wake(tid, results):
+    p = piece(results, "wake")
+    if not p:
+        return ""
+    part = "smart-zero" if tid == "wake-preloader" else "smart-zero-cold"
+    w = p["summary"].get(part)
+    ref = p["references"].get(part)
+    if not w or not ref:
+        return ""
+    text = "Wake median %s vs reference %s (same rounds). " % (ms(w["wake_ms"]["median"]),
+                                                              ms(ref["median"]))
+    if part == "smart-zero":
+        text += ("A wake with the preloader alive is the master noticing the connection "
+                 "(it watches the listener of an app at zero), one spawn and the request; "
+                 "the extra over a spawn is the master's wake-up and its pass over the "
+                 "pools before it asks the preloader.")
+    else:
+        text += ("A cold wake is a new preloader (forked from the master), the app's import "
+                 "in it, the preloader's `gc.collect()` and `gc.freeze()`, one spawn and the "
+                 "request. The import in a fresh interpreter is the reference; the rest is "
+                 "the preloader's own start and the collection over a freshly imported heap, "
+                 "which the reference does not pay. Noise: imports on this machine vary by "
+                 "tens of percent between runs when other work competes for the 2 cores.")
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -755,6 +930,195 @@ def section_surge(results):
     return out
 
 
+def section_surge_dynamic(results):
+    p = results["pieces"].get("surge-dynamic")
+    n = p.get("clients", 8) if p else 8
+    out = ["## Surge on a dynamic pool: from 1 to %d clients, no signals" % n, ""]
+    skip = _skipped_line(results, "surge-dynamic")
+    if skip:
+        return out + [skip]
+    out.append("One client of a %d ms view (`GET /_bench/sleep?ms=%d`), then, from t0, %d clients; the "
+               "dynamic pools start with one worker and must grow by themselves (no signal, "
+               "no command). Time from t0 until %d distinct workers have answered, and the "
+               "latency of every request started in the first %.0f s after t0; median "
+               "(min–max) over the rounds." % (p["view_ms"], p["view_ms"], n, n, p["window_s"]))
+    out.append("")
+    rows = []
+    for v in p["variants"]:
+        s = p["summary"][v]
+        label = (LABELS.get(v, v) if v != p["reference"]
+                 else "%s, fixed pool of %d (reference)" % (LABELS.get(v, v), n))
+        if not s:
+            rows.append(["`%s`" % v, label] + ["-"] * 7)
+            continue
+        until = spread(s["until_all_serve_s"], sec) if s["until_all_serve_s"] else "never"
+        if s["until_all_serve_s"] and s["reached"] < s["n"]:
+            until += " (%d of %d runs; never in the others)" % (s["reached"], s["n"])
+        at = s["workers_at_step"]
+        rows.append(["`%s`" % v, label, until,
+                     spread(s["until_all_processes_s"], sec, bold=False)
+                     if s["until_all_processes_s"] else "-",
+                     spread(s["p99_ms"], ms), spread(s["p50_ms"], ms, bold=False),
+                     _count(at), _count(s.get("most_workers")), "%d" % s["errors"]])
+    out.append(table(["variant", "", "until %d serve" % n, "until %d worker processes" % n,
+                      "p99 latency", "p50 latency", "workers at the step",
+                      "most workers seen", "failed requests"],
+                     rows))
+    out += ["", "Ratios, round by round:", ""]
+    out.append(table(["ratio", "value"], [[k, ratio_cell(s)] for k, s in p["ratios"].items()]))
+    lines = {}
+    for v in p["variants"]:
+        for r in p["runs"].get(v, []):
+            for line in r.get("scale_lines", []):
+                lines.setdefault(v, set()).add(line)
+    if lines:
+        out += ["", "The plugin's master logged (all rounds):", ""]
+        for v, ls in lines.items():
+            out.append("- `%s`: %s" % (v, "; ".join("`%s`" % line for line in sorted(ls)[:6])))
+    grew = []
+    for v in p["variants"]:
+        runs = p["runs"].get(v) or []
+        early = [r for r in runs if r["workers_at_step"] > 1]
+        if v != p["reference"] and early:
+            grew.append("`%s` in %d of %d rounds (%s workers)" % (
+                v, len(early), len(runs), ", ".join("%d" % r["workers_at_step"] for r in early)))
+    if grew:
+        out += ["", "Grown before the step: %s. The single client before the step (one %d ms "
+                "request after the other) keeps one worker busy nearly all the time, which "
+                "uWSGI's busyness algorithm can take for overload; such a round measures a pool "
+                "that was already full, not one growing from one worker."
+                % ("; ".join(grew), p["view_ms"])]
+    best = []
+    for v in ("uwsgi-cheaper-backlog", "uwsgi-cheaper-busyness"):
+        runs = [r for r in p["runs"].get(v) or [] if r["workers_at_step"] == 1
+                and r["until_all_serve_s"] is not None]
+        if runs:
+            best.append((statistics.median(r["until_all_serve_s"] for r in runs),
+                         statistics.median(r["p99_ms"] for r in runs), v, len(runs)))
+    if best:
+        best.sort()
+        out += ["", "uWSGI's cheaper algorithms, rounds that started from one worker only: %s; "
+                "the better one here: `%s`." % (
+                    "; ".join("`%s` %s until %d serve, p99 %s (%d round%s)" % (
+                        v, sec(t), n, ms(q), k, "" if k == 1 else "s") for t, q, v, k in best),
+                    best[0][2])]
+    over = [v for v in p["variants"] if p["summary"].get(v) and p["summary"][v].get("most_workers")
+            and p["summary"][v]["most_workers"]["max"] > n]
+    if over:
+        out += ["", "Overshoot: %s grew beyond the %d clients (most workers seen: %s): more "
+                "workers than requests that can ever be in flight." % (
+                    ", ".join("`%s`" % v for v in over), n,
+                    ", ".join("%d" % p["summary"][v]["most_workers"]["max"] for v in over))]
+    out += ["", "Commands (port 8000 for the real free port):", ""]
+    out += ["- `%s`: `%s`" % (v, c) for v, c in p.get("commands", {}).items()]
+    out += ["", _notes(p), _failures(p)]
+    return out
+
+
+def _count(summary):
+    if not summary:
+        return "-"
+    if summary["min"] == summary["max"]:
+        return "%d" % summary["median"]
+    return "%g (%d–%d)" % (summary["median"], summary["min"], summary["max"])
+
+
+def section_wake(results):
+    out = ["## Wake from zero: the first connection to an app with no worker", ""]
+    skip = _skipped_line(results, "wake")
+    if skip:
+        return out + [skip]
+    p = results["pieces"]["wake"]
+    s = p["summary"]
+    rows = []
+    for v in ("smart-zero", "smart-zero-cold"):
+        if v not in p["variants"]:
+            continue
+        w, ref, r = s.get(v), p["references"].get(v), p["ratios"].get(v)
+        rows.append(["`%s`" % v, LABELS.get(v, v),
+                     spread(w["wake_ms"], ms) if w else "-",
+                     spread(ref, ms, bold=False) if ref else "-",
+                     ratio_cell(r), "%.1f×" % p["targets"][v],
+                     spread(w["zero_after_s"], sec, bold=False) if w else "-"])
+    out.append("Time from a new connection's `GET /health` to an app at zero workers until "
+               "its complete response, from the worker the connection woke; median (min–max) "
+               "over all wakes (%d per server and round)." % p["cycles"])
+    out.append("")
+    out.append(table(["variant", "", "wake", "reference¹", "wake / reference", "target",
+                      "back at zero after²"], rows))
+    out.append("")
+    refs = []
+    if s.get("spawn"):
+        refs.append("one smart spawn %s, a warm request %s" % (
+            spread(s["spawn"]["ms"], ms, bold=False),
+            spread(s["spawn"]["warm_request_ms"], ms, bold=False)))
+    elif (p.get("fallback") or {}).get("spawn"):
+        f = p["fallback"]["spawn"]
+        refs.append("one smart spawn %s (warm request %s; from the spawn piece)"
+                    % (ms(f["ms"]), ms(f["warm_request_ms"])))
+    if s.get("import"):
+        refs.append("the app's import in a fresh interpreter %s"
+                    % spread(s["import"]["import_s"], sec, bold=False))
+    elif (p.get("fallback") or {}).get("import"):
+        refs.append("the app's import in a fresh interpreter %s (timed at the start of the "
+                    "run)" % sec(p["fallback"]["import"]["import_s"]))
+    out.append("¹ `smart-zero`: one smart spawn plus one warm request; `smart-zero-cold`: the "
+               "app's import plus one smart spawn; per round, then median (min–max). Measured: "
+               "%s. ² From the last answer until the worker (cold: and the preloader) had "
+               "idled out with `--worker-idle-timeout 1` (`--preloader-idle-timeout 1`)."
+               % ("; ".join(refs) or "-"))
+    out += ["", "Commands (port 8000 for the real free port):", ""]
+    out += ["- `%s`: `%s`" % (v, c) for v, c in p.get("commands", {}).items()]
+    out += ["", _notes(p), _failures(p)]
+    return out
+
+
+def section_idle_memory(results):
+    p = results["pieces"].get("idle-memory")
+    n = p.get("apps", 3) if p else 3
+    out = ["## Idle memory: %d apps in one master, scaled to zero vs one worker each" % n, ""]
+    skip = _skipped_line(results, "idle-memory")
+    if skip:
+        return out + [skip]
+    rows = []
+    for c in p["variants"]:
+        s = p["summary"][c]
+        if not s:
+            rows.append(["`%s`" % c, "-"] + ["-"] * 5)
+            continue
+        rows.append(["`%s`" % c, _idle_label(c), spread(s["total_pss"], mib),
+                     mib(s["master_pss"]["median"]),
+                     "%d: %s" % (s["preloaders"]["median"], mib(s["preloader_pss"]["median"])),
+                     "%d: %s" % (s["workers"]["median"], mib(s["worker_pss"]["median"])),
+                     "`%s`" % ", ".join("%s=%s" % kv for kv in p["settings"][c].items())])
+    out.append("Total PSS of the master and everything below it once the server is idle; "
+               "PSS by role (count: sum).")
+    out.append("")
+    out.append(table(["configuration", "", "total PSS", "master", "preloaders", "workers",
+                      "per-app settings"], rows))
+    if p["ratios"]:
+        out += ["", "Ratios of total PSS, round by round:", ""]
+        out.append(table(["ratio", "value"], [[k, ratio_cell(s)] for k, s in p["ratios"].items()]))
+    z, o = p["summary"].get("zero-preloaders"), p["summary"].get("one-worker")
+    if z and o:
+        saved = o["total_pss"]["median"] - z["total_pss"]["median"]
+        out += ["", "Scaling to zero with live preloaders saves %s for %d apps (%s per app): a "
+                "worker forked from a preloader shares most of its pages with it, so stopping it "
+                "frees about its private memory, and the preloader then carries the pages they "
+                "shared (preloaders %s with workers, %s without). Only idling the preloaders out "
+                "too frees the apps themselves, at the price of an import on the next request "
+                "(see the wake section)." % (
+                    mib(saved), n, mib(saved / n), mib(o["preloader_pss"]["median"]),
+                    mib(z["preloader_pss"]["median"]))]
+    out += ["", _notes(p), _failures(p)]
+    return out
+
+
+def _idle_label(config):
+    from benchmarks.idle_memory import LABELS as IDLE_LABELS
+    return IDLE_LABELS.get(config, config)
+
+
 def _headline(results):
     rows = []
     spawn, boot, mem = piece(results, "spawn"), piece(results, "boot"), piece(results, "memory")
@@ -790,6 +1154,19 @@ def _headline(results):
     if sg:
         rows.append(["surge 1 → %d workers" % sg["target"], med(sg, "smart", fmt=sec),
                      med(sg, "stock-preload", fmt=sec), med(sg, "direct", fmt=sec), "-", "-"])
+    sd = piece(results, "surge-dynamic")
+    if sd:
+        def until(v):
+            s = sd["summary"].get(v)
+            if not s:
+                return "-"
+            return sec(s["until_all_serve_s"]["median"]) if s["until_all_serve_s"] else "never"
+
+        rows.append(["dynamic pool, 1 → %d clients: until %d serve (no signals)"
+                     % (sd["clients"], sd["clients"]), until("smart-dynamic"), "-",
+                     until("direct-dynamic"), "-",
+                     "cheaper: backlog %s / busyness %s" % (until("uwsgi-cheaper-backlog"),
+                                                            until("uwsgi-cheaper-busyness"))])
     if ov:
         rows.append(["hello world requests/s, %d sync / gthread workers" % ov["workers"],
                      "%s / %s" % (med(ov, "smart-sync", fmt=rps), med(ov, "smart-gthread", fmt=rps)),
@@ -838,7 +1215,8 @@ def build_markdown(results, chart=None):
     out.append("Other processes on the machine compete for its cores: each section gives the "
                "load average before and after it; every comparison is made within one round, "
                "variants interleaved.")
-    for section in (section_spawn, section_boot, section_memory, section_overhead, section_surge):
+    for section in (section_spawn, section_boot, section_memory, section_overhead, section_surge,
+                    section_surge_dynamic, section_wake, section_idle_memory):
         out += [""] + section(results)
     if results.get("leftovers"):
         out += ["", "**Processes left behind by this run (killed at the end):** %s"

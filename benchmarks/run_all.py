@@ -1,12 +1,14 @@
 """Run every benchmark and write the report: ``python -m benchmarks``.
 
-    python -m benchmarks                  # full run, ~11 min on 2 cores: docs/benchmarks.{md,png}
-    python -m benchmarks --quick          # smoke run (< 1 min), output to a temp dir
+    python -m benchmarks                  # full run, ~15 min on 2 cores: docs/benchmarks.{md,png}
+    python -m benchmarks --quick          # smoke run (~75 s), output to a temp dir
     python -m benchmarks --pieces spawn,memory --out-dir /tmp/b
 
 Pieces (each also runs alone, see its module): spawn (``spawn_time.py``),
 boot (``boot_time.py``), memory (``memory_usage.py``), overhead
-(``overhead.py``, needs ``wrk``), surge (``surge.py``).  uWSGI variants run
+(``overhead.py``, needs ``wrk``), surge (``surge.py``), and the dynamic
+pool's: surge-dynamic (``surge_dynamic.py``), wake (``wake.py``),
+idle-memory (``idle_memory.py``).  uWSGI variants run
 where ``pyuwsgi`` imports; the overhead piece runs where ``wrk`` is found
 (a full run installs it with apt-get when it can, ``--no-install`` not).
 Whatever is skipped is said so in the output and in the report.
@@ -32,10 +34,10 @@ import traceback
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import (boot_time, harness, memory_usage, overhead, report,  # noqa: E402
-                        spawn_time, surge)
+from benchmarks import (boot_time, harness, idle_memory, memory_usage,  # noqa: E402
+                        overhead, report, spawn_time, surge, surge_dynamic, wake)
 
-PIECES = ["spawn", "boot", "memory", "overhead", "surge"]
+PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake", "idle-memory"]
 
 # Sizes of a full run and of a --quick smoke run.
 FULL = {
@@ -50,6 +52,12 @@ FULL = {
     "overhead": {"configs": list(overhead.CONFIGS), "runs": 10, "duration": 2.0,
                  "warmup": 1.0, "workers": 4},
     "surge": {"variants": ["smart", "direct", "stock-preload"], "runs": 5, "target": 8},
+    "surge-dynamic": {"variants": ["smart-dynamic", "direct-dynamic", "uwsgi-cheaper-backlog",
+                                   "uwsgi-cheaper-busyness", "smart"],
+                      "runs": 3, "clients": 8, "pre": 1.0, "window": 5.0},
+    "wake": {"parts": wake.PARTS, "runs": 3, "cycles": 2},
+    "idle-memory": {"configs": idle_memory.DEFAULT_CONFIGS, "runs": 1, "apps": 3,
+                    "requests": 200},
 }
 QUICK = {
     "spawn": {"variants": ["smart", "direct", "stock-preload", "fork-floor", "uwsgi"],
@@ -60,11 +68,22 @@ QUICK = {
     "overhead": {"configs": ["smart-sync", "stock-sync"], "runs": 2, "duration": 1.0,
                  "warmup": 0.0, "workers": 2},
     "surge": {"variants": ["smart", "direct"], "runs": 1, "target": 3},
+    # the dynamic pool's pieces, as small as they go: smart only, 3 clients for 0.6 s
+    # (no pause before the first probe: the step may start with 2 workers);
+    # one wake of each kind, its references taken from the spawn piece and the app's
+    # import measured at the start of the run; two apps, two configurations
+    "surge-dynamic": {"variants": ["smart-dynamic", "smart"], "runs": 1, "clients": 3,
+                      "pre": 0.3, "window": 0.6, "quiet": 0.0},
+    "wake": {"parts": wake.WAKE_VARIANTS, "runs": 1, "cycles": 1},
+    "idle-memory": {"configs": ["zero-preloaders", "one-worker"], "runs": 1, "apps": 2,
+                    "requests": 20},
 }
 
 
-def run_piece(name, plan, env, tmpdir):
-    """Run one piece with the plan's sizes; returns its result dict."""
+def run_piece(name, plan, env, tmpdir, done=None):
+    """Run one piece with the plan's sizes; returns its result dict.  ``done``:
+    the results of the pieces run before it (wake takes its references from
+    the spawn piece and the app's import when its plan does not measure them)."""
     app = harness.HEAVY_APP
     common = {"isolate_stock": env["isolate_stock"], "show_commands": env["show_commands"]}
     if name == "spawn":
@@ -90,6 +109,20 @@ def run_piece(name, plan, env, tmpdir):
     if name == "surge":
         opts = surge.Options(app=app, target=plan["target"], **common)
         return surge.run(env["filter"](plan["variants"]), plan["runs"], opts, tmpdir)
+    if name == "surge-dynamic":
+        opts = surge_dynamic.Options(app=app, clients=plan["clients"], pre=plan["pre"],
+                                     window=plan["window"],
+                                     quiet_before_probe=plan.get(
+                                         "quiet", surge_dynamic.QUIET_BEFORE_PROBE), **common)
+        return surge_dynamic.run(env["filter"](plan["variants"]), plan["runs"], opts, tmpdir)
+    if name == "wake":
+        opts = wake.Options(app=app, cycles=plan["cycles"], **common)
+        return wake.run(plan["runs"], opts, tmpdir, parts=plan["parts"],
+                        fallback=wake.fallback_references((done or {}).get("spawn"),
+                                                          env.get("app_import_s")))
+    if name == "idle-memory":
+        opts = idle_memory.Options(app=app, apps=plan["apps"], requests=plan["requests"], **common)
+        return idle_memory.run(plan["configs"], plan["runs"], opts, tmpdir)
     raise ValueError(name)
 
 
@@ -99,7 +132,7 @@ def main(argv=None):
         description="Run all benchmarks of gunicorn-smartspawn and write the report "
                     "(markdown + PNG chart).")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: every piece once with tiny numbers (< 1 min); "
+                        help="smoke run: every piece once with tiny numbers (about 75 s); "
                              "writes to a temp dir unless --out-dir is given")
     parser.add_argument("--out-dir", help="where benchmarks.md and benchmarks.png go "
                                           "(default: docs/ for a full run)")
@@ -161,7 +194,7 @@ def main(argv=None):
 
     env = {"filter": keep, "wrk": wrk, "wrk_message": wrk_message,
            "isolate_stock": args.isolate_stock, "show_commands": args.show_commands}
-    meta["app_import_s"] = harness.prepare_app(harness.HEAVY_APP)
+    meta["app_import_s"] = env["app_import_s"] = harness.prepare_app(harness.HEAVY_APP)
     print("heavy app import in a fresh interpreter: %.2f s" % meta["app_import_s"])
     sys.stdout.flush()
 
@@ -174,7 +207,7 @@ def main(argv=None):
             sys.stdout.flush()
             load_before = harness.loadavg()
             try:
-                res = run_piece(name, plan[name], env, tmpdir)
+                res = run_piece(name, plan[name], env, tmpdir, results["pieces"])
             except Exception as e:  # a bug in a piece must not lose the others
                 traceback.print_exc()
                 res = {"piece": name, "error": "%s: %s" % (type(e).__name__, e)}

@@ -13,4 +13,6 @@ urlpatterns = [
     path("health/", views.health),
     # Benchmark helper: keeps a (sync) worker busy; see views.hold.
     path("_bench/hold", views.hold, name="hold"),
+    # Benchmark helper: a view that sleeps ?ms= milliseconds; see views.sleep.
+    path("_bench/sleep", views.sleep, name="sleep"),
 ]

@@ -47,10 +47,23 @@ def test_quick_benchmarks_write_report_chart_and_results(tmp_path: Path) -> None
     assert memory["smart"]["total_pss"]["median"] < memory["direct"]["total_pss"]["median"], shown
     overhead = results["pieces"]["overhead"]
     assert overhead.get("skipped") or all(overhead["summary"][c] for c in overhead["variants"]), shown
+    # the dynamic pool's pieces: the pool grew by itself, woke from zero, and
+    # three ways of idling were read
+    for name in ("surge-dynamic", "wake", "idle-memory"):
+        piece = results["pieces"][name]
+        assert not piece.get("error") and not piece["failures"], (name, piece.get("error"), shown)
+    surge_dynamic = results["pieces"]["surge-dynamic"]["summary"]["smart-dynamic"]
+    assert surge_dynamic["until_all_serve_s"] and surge_dynamic["errors"] == 0, shown
+    wake = results["pieces"]["wake"]["summary"]
+    assert 0 < wake["smart-zero"]["wake_ms"]["median"] < wake["smart-zero-cold"]["wake_ms"]["median"], shown
+    idle = results["pieces"]["idle-memory"]["summary"]
+    assert idle["zero-preloaders"]["workers"]["median"] == 0, shown
+    assert idle["zero-preloaders"]["total_pss"]["median"] < idle["one-worker"]["total_pss"]["median"], shown
 
     report = (out / "benchmarks.md").read_text()
     for heading in ("## Targets", "## Machine and versions", "## Spawn time", "## Boot time",
-                    "## Memory", "## Request overhead", "## Surge"):
+                    "## Memory", "## Request overhead", "## Surge", "## Surge on a dynamic pool",
+                    "## Wake from zero", "## Idle memory"):
         assert heading in report, heading
     assert "--quick" in report and ("**PASS**" in report or "**MISS**" in report)
     assert (out / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

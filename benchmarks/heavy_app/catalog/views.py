@@ -75,6 +75,23 @@ def health(request):
     return JsonResponse({"status": "ok", "pid": os.getpid(), "ppid": os.getppid()})
 
 
+def sleep(request):
+    """Benchmark helper: a view that takes ``ms`` milliseconds (default 50, at most
+    10,000) of wall time without using the CPU, like a view waiting on a
+    database or another service; answers with the pid.
+
+    ``GET /_bench/sleep?ms=50`` is the request of the dynamic surge benchmark
+    (``surge_dynamic.py``): with sync workers, every request in flight keeps
+    one worker busy for that long.
+    """
+    try:
+        ms = min(max(float(request.GET.get("ms", "50")), 0.0), 10_000.0)
+    except ValueError:
+        ms = 50.0
+    time.sleep(ms / 1000.0)
+    return JsonResponse({"pid": os.getpid(), "slept_ms": ms})
+
+
 def hold(request):
     """Benchmark helper: stream one line, then keep this request busy.
 
