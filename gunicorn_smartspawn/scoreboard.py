@@ -19,11 +19,14 @@ master's answers.
 
 Slot layout (32 bytes, native byte order)::
 
-    0      4      5      8              16             24             32
-    +------+------+------+--------------+--------------+--------------+
-    | pid  |busy  | pad  | requests u64 | last request | started      |
-    | i32  | u8   |      |              | f64 epoch s  | f64 epoch s  |
-    +------+------+------+--------------+--------------+--------------+
+    0      4      8              16             24             32
+    +------+------+--------------+--------------+--------------+
+    | pid  | busy | requests u64 | last request | started      |
+    | i32  | u32  |              | f64 epoch s  | f64 epoch s  |
+    +------+------+--------------+--------------+--------------+
+
+``busy`` counts requests in flight: at most one for a sync worker, its
+threads for gthread, thousands for a gevent or ASGI worker.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-SLOT: Final = struct.Struct("=iB3xQdd")
+SLOT: Final = struct.Struct("=iIQdd")
+#: The most requests in flight a slot can say (a u32).
+MAX_BUSY: Final = 2**32 - 1
 #: Slots of one app's board (``smartspawn scale`` sets at most 1000 workers).
 DEFAULT_SLOTS: Final = 1024
 #: The most requests a slot may claim: beyond, JSON readers lose exactness.
@@ -72,8 +77,9 @@ class SlotReading:
 def check_slot(view: SlotView, *, pid: int, threads: int, wall: float, uptime: float | None = None) -> SlotReading | None:
     """What the master believes of ``view``, the slot it assigned to worker ``pid``; None: unknown.
 
-    ``threads`` is the worker's thread count (the most requests it can have
-    in flight), ``wall`` the master's ``time.time()``, ``uptime`` how long
+    ``threads`` is the most requests the worker can have in flight (its
+    request model's capacity: 1 for sync, its threads for gthread, its
+    ``worker_connections`` for gevent and ASGI), ``wall`` the master's ``time.time()``, ``uptime`` how long
     the master has known the worker (seconds), if it does. A slot is
     believed only whole: its pid is the worker's; busy is within 0 and
     ``threads``; requests is within 0 and :data:`MAX_REQUESTS`, and within
@@ -214,7 +220,8 @@ class SlotWriter:
         self._write()
 
     def _write(self) -> None:
-        SLOT.pack_into(self._map, self._offset, os.getpid(), min(self._busy, 255), self._requests, self._last, self._started)
+        busy = min(max(self._busy, 0), MAX_BUSY)
+        SLOT.pack_into(self._map, self._offset, os.getpid(), busy, self._requests, self._last, self._started)
 
     def begin(self) -> None:
         if self._lock is not None:

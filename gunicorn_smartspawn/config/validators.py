@@ -128,6 +128,21 @@ def optional_count(value: Any) -> int | None:
     return count
 
 
+def worker_class(value: Any) -> Any:
+    """None (the default: sync, or gthread with threads > 1), a name as ``-k`` takes it, or a class.
+
+    Only the shape is checked here: whether the name can be imported is the
+    master's check at start (``worker.models``), which names the setting.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, type):
+        return value
+    raise ValueError("a worker class as -k names one (sync, gthread, gevent, tornado, asgi, module.Class) or a class")
+
+
 def socket_path(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -154,6 +169,7 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
         explain="'warn' (log what workers inherit), 'fence' (also cut inherited connections in each worker) or 'off'",
     ),
     "fork_safety_libraries": boolean,
+    "smart_worker_class": worker_class,
     "min_workers": optional_count,
     "max_workers": optional_count,
     "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),

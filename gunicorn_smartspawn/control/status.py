@@ -29,8 +29,11 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 def _threads(worker: Any) -> int:
-    """The most requests ``worker`` can have in flight: its configured threads (1 if unknown)."""
-    threads = getattr(getattr(worker, "cfg", None), "threads", 1)
+    """The most requests ``worker`` can have in flight: its request model's capacity (threads for
+    gthread, worker_connections for gevent and ASGI), else its configured threads (1 if unknown)."""
+    threads = getattr(worker, "capacity", None)
+    if threads is None:
+        threads = getattr(getattr(worker, "cfg", None), "threads", 1)
     return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else 1
 
 

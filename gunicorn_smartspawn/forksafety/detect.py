@@ -6,10 +6,12 @@ fork, and returns the :class:`~.findings.Findings` each worker acts on.
 
 from __future__ import annotations
 
+import _socket
 import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import types
 from collections.abc import Iterable
@@ -32,7 +34,13 @@ from gunicorn_smartspawn.forksafety.libraries import _wanted_types, find_librari
 _OWNER_DEPTH: Final = 3
 _CONTAINERS: Final = (dict, list, tuple, set, frozenset)
 #: Modules whose objects only wrap a socket: look past them for its owner.
-_WRAPPER_MODULES: Final = frozenset({"socket", "_socket", "ssl", "_ssl", "io", "_io", "selectors", "collections"})
+_WRAPPER_MODULES: Final = frozenset({
+    "socket", "_socket", "ssl", "_ssl", "io", "_io", "selectors", "collections",
+    "gevent._socket3", "gevent._socketcommon", "gevent.socket", "gevent._ssl3", "gevent.ssl",
+})
+#: The C socket type: under the stdlib's socket.socket and gevent's alike, and never monkey-patched
+#: (gevent, patched into a preloader, replaces socket.socket with its own class).
+_SOCKET_TYPE: Final = _socket.socket
 
 
 # -- the preloader: looking at itself ----------------------------------------------------------------
@@ -71,7 +79,7 @@ def _probe_socket(fd: int, inode: int) -> SocketFinding | None:
     except OSError:
         return None
     try:
-        sock = socket.socket(fileno=duplicate)
+        sock = _SOCKET_TYPE(fileno=duplicate)  # not socket.socket: gevent's would make it non-blocking
     except OSError:  # a family Python does not know
         os.close(duplicate)
         return None
@@ -140,6 +148,35 @@ def native_threads(known_native_ids: Iterable[int | None]) -> list[str]:
     return names
 
 
+def _loop_types() -> dict[type, str]:
+    """asyncio's event loop base class, when the app imported asyncio (uvloop's loops derive from it)."""
+    asyncio = sys.modules.get("asyncio")
+    base = getattr(asyncio, "AbstractEventLoop", None)
+    return {base: "event-loop"} if isinstance(base, type) else {}
+
+
+def event_loops(loops: Iterable[Any]) -> list[str]:
+    """Event loops the import left open in the preloader, each described: workers inherit them,
+    and an ASGI worker builds and runs a loop of its own."""
+    asyncio = sys.modules.get("asyncio")
+    policy = getattr(getattr(asyncio, "events", None), "_event_loop_policy", None)
+    current = getattr(getattr(policy, "_local", None), "_loop", None)
+    found = []
+    for loop in loops:
+        try:
+            if loop.is_closed():
+                continue
+            notes = ["the main thread's current loop" if loop is current else "not set as current"]
+            if loop.is_running():
+                notes.append("running")
+            if getattr(loop, "_default_executor", None) is not None:
+                notes.append("with a default executor")
+        except Exception:
+            continue
+        found.append(f"{qualified_name(loop)} ({', '.join(notes)})")
+    return found
+
+
 # -- owners of sockets ------------------------------------------------------------------------------------
 
 
@@ -159,7 +196,7 @@ def _heap_pass(socket_fds: set[int], wanted: dict[type, str]) -> tuple[dict[int,
             tag = tags[cls]
         except KeyError:
             tag = None
-            if issubclass(cls, socket.socket):
+            if issubclass(cls, _SOCKET_TYPE):
                 tag = "socket"
             else:
                 for base, name in wanted.items():
@@ -259,7 +296,8 @@ def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
     sockets = connected_sockets(exclude_fds)
     threads = python_threads()
     natives = native_threads(t.native_id for t in threads)
-    socket_objects, heap = _heap_pass({s.fd for s in sockets}, _wanted_types())
+    socket_objects, heap = _heap_pass({s.fd for s in sockets}, {**_wanted_types(), **_loop_types()})
+    loops = event_loops(heap.pop("event-loop", []))
     known = find_libraries(heap)
     library_of = {fd: lib for lib in known for fd, _ in lib.fds}
     owners: dict[int, str] = {}
@@ -283,4 +321,4 @@ def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
                 library=lib.library if lib else None, library_label=lib.label if lib else None,
             )
         )
-    return Findings(tuple(annotated), tuple(threads), tuple(natives), tuple(known))
+    return Findings(tuple(annotated), tuple(threads), tuple(natives), tuple(known), event_loops=tuple(loops))

@@ -82,9 +82,11 @@ class Findings:
     native_threads: tuple[str, ...] = ()
     libraries: tuple[LibraryConnection, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: asyncio event loops the import left open, described: ``module.Loop (the main thread's current loop)``.
+    event_loops: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.sockets or self.threads or self.native_threads or self.libraries)
+        return bool(self.sockets or self.threads or self.native_threads or self.libraries or self.event_loops)
 
 
 # -- pure helpers: parsing and wording ------------------------------------------------------------
@@ -218,6 +220,13 @@ def report(findings: Findings, *, mode: str, libraries: bool) -> list[tuple[int,
             f"{describe_thread(thread)} was started at import and does not exist in workers "
             f"forked from this preloader (fork copies only the forking thread). Start it again "
             f"in {EVENT}; see {DOC}"
+        )
+    for loop in findings.event_loops:
+        warnings.append(
+            f"an asyncio event loop, {loop}, was created at import: workers inherit it (its selector and "
+            "self-pipe) but never run it, and an ASGI worker builds and runs its own loop, so anything "
+            "bound to this one (clients, pools, locks, futures) fails in workers. Create those in the "
+            f"lifespan startup or on first use; see docs/request-models.md and {DOC}"
         )
     if findings.native_threads:
         names = ", ".join(repr(n) for n in findings.native_threads)

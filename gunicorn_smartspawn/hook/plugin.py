@@ -36,6 +36,7 @@ def on_gunicorn_module(name: str, module: ModuleType) -> None:
         setattr(module, "Arbiter", select_arbiter)  # noqa: B010  (mypy: ModuleType has no Arbiter)
     elif name == "gunicorn.app.wsgiapp":
         _allow_apps_without_app_module(module.WSGIApplication)
+        _stock_runs_keep_stock_settings(module.WSGIApplication)
 
 
 def _allow_apps_without_app_module(application_class: Any) -> None:
@@ -85,6 +86,34 @@ def uses_smartspawn(worker_class: Any) -> bool:
     return isinstance(worker_class, type) and issubclass(worker_class, Worker)
 
 
+def _stock_runs_keep_stock_settings(application_class: Any) -> None:
+    """A run whose worker class is not ours ends up with gunicorn's own settings only.
+
+    Ours are registered before gunicorn parses anything (it must know the
+    flags); once the configuration is read, a stock run drops them from its
+    ``Config`` (at start and on every HUP), so that nothing of it differs from
+    stock gunicorn, not even its ``--log-level debug`` dump. The one line
+    about plugin settings it was given is kept for the arbiter selector.
+    """
+    inner = application_class.load_config
+    if getattr(inner, "_smartspawn_stock", False):
+        return
+
+    def load_config(self: Any) -> None:
+        inner(self)
+        settings = self.cfg.settings
+        if uses_smartspawn(settings["worker_class"].get()):
+            return
+        from gunicorn_smartspawn.hook.settings import SECTION
+
+        self._smartspawn_note = foreign_worker_note(self.cfg)
+        for name in [n for n, setting in settings.items() if getattr(setting, "section", None) == SECTION]:
+            del settings[name]
+
+    load_config._smartspawn_stock = True  # type: ignore[attr-defined]
+    application_class.load_config = load_config
+
+
 def select_arbiter(app: Any) -> Any:
     """Build the arbiter for ``app``: ours for ``-k smartspawn.Worker``, else gunicorn's."""
     if uses_smartspawn(app.cfg.settings["worker_class"].get()):
@@ -92,4 +121,27 @@ def select_arbiter(app: Any) -> Any:
         from gunicorn_smartspawn.master.arbiter import SmartArbiter
 
         return SmartArbiter(app, services=[attach_control])
-    return state.stock_arbiter()(app)
+    arbiter = state.stock_arbiter()(app)
+    note = getattr(app, "_smartspawn_note", None) or foreign_worker_note(app.cfg)
+    if note is not None:
+        arbiter.log.warning(note)
+    return arbiter
+
+
+def foreign_worker_note(cfg: Any) -> str | None:
+    """One line for a stock run given plugin settings (``-k gevent --spawn-method smart``): they do
+    nothing there, and this says how to ask for them; None when no plugin setting was given."""
+    from gunicorn_smartspawn.hook.settings import PLUGIN_SETTINGS
+
+    given = [n for n in PLUGIN_SETTINGS if n != "apps" and getattr(cfg.settings.get(n), "explicit", False)]
+    if not given:
+        return None
+    worker = cfg.settings["worker_class"].get()
+    spelled = worker if isinstance(worker, str) else f"{worker.__module__}.{worker.__qualname__}"
+    if spelled == "sync" and getattr(cfg, "threads", 1) > 1:
+        spelled = "gthread"
+    model = "" if spelled in ("sync", "gunicorn.workers.sync.SyncWorker") else f" --smart-worker-class {spelled}"
+    what = f"{given[0]} is a gunicorn-smartspawn setting" if len(given) == 1 else (
+        f"{', '.join(given)} are gunicorn-smartspawn settings"
+    )
+    return f"{what} and -k {spelled} is not its worker: use -k smartspawn.Worker{model}"

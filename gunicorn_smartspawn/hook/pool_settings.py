@@ -14,6 +14,7 @@ from typing import Any
 from gunicorn.config import Setting
 
 from gunicorn_smartspawn.config import validators
+from gunicorn_smartspawn.hook.state import Explicit
 
 SECTION = "Smart Spawning"
 
@@ -27,7 +28,7 @@ def _validator(name: str, checker: Callable[[Any], Any] | None = None) -> Callab
     return validate
 
 
-class MinWorkers(Setting):  # type: ignore[misc]
+class MinWorkers(Explicit, Setting):  # type: ignore[misc]
     name = "min_workers"
     section = SECTION
     cli = ["--min-workers"]
@@ -47,7 +48,7 @@ class MinWorkers(Setting):  # type: ignore[misc]
         """
 
 
-class MaxWorkers(Setting):  # type: ignore[misc]
+class MaxWorkers(Explicit, Setting):  # type: ignore[misc]
     name = "max_workers"
     section = SECTION
     cli = ["--max-workers"]
@@ -62,7 +63,7 @@ class MaxWorkers(Setting):  # type: ignore[misc]
         """
 
 
-class WorkerIdleTimeout(Setting):  # type: ignore[misc]
+class WorkerIdleTimeout(Explicit, Setting):  # type: ignore[misc]
     name = "worker_idle_timeout"
     section = SECTION
     cli = ["--worker-idle-timeout"]
@@ -77,7 +78,7 @@ class WorkerIdleTimeout(Setting):  # type: ignore[misc]
         """
 
 
-class MaxPoolSize(Setting):  # type: ignore[misc]
+class MaxPoolSize(Explicit, Setting):  # type: ignore[misc]
     name = "max_pool_size"
     section = SECTION
     cli = ["--max-pool-size"]

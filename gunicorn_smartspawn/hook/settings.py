@@ -17,6 +17,7 @@ from typing import Any, Final
 from gunicorn.config import Setting
 
 from gunicorn_smartspawn.config import validators
+from gunicorn_smartspawn.hook.state import Explicit
 
 SECTION: Final = "Smart Spawning"
 SPAWN_METHODS: Final = validators.SPAWN_METHODS
@@ -43,6 +44,7 @@ validate_gc_freeze = _validator("gc_freeze")
 validate_smart_fork = _validator("smart_fork")
 validate_fork_safety = _validator("fork_safety")
 validate_fork_safety_libraries = _validator("fork_safety_libraries")
+validate_smart_worker_class = _validator("smart_worker_class")
 
 
 def validate_socket_path(value: Any) -> str | None:
@@ -90,7 +92,7 @@ class _FlagPairOption:
         )
 
 
-class SpawnMethod(_ChoiceOption, Setting):  # type: ignore[misc]
+class SpawnMethod(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     name = "spawn_method"
     section = SECTION
     cli = ["--spawn-method"]
@@ -111,7 +113,7 @@ class SpawnMethod(_ChoiceOption, Setting):  # type: ignore[misc]
         """
 
 
-class PreloaderIdleTimeout(Setting):  # type: ignore[misc]
+class PreloaderIdleTimeout(Explicit, Setting):  # type: ignore[misc]
     name = "preloader_idle_timeout"
     section = SECTION
     cli = ["--preloader-idle-timeout"]
@@ -129,7 +131,7 @@ class PreloaderIdleTimeout(Setting):  # type: ignore[misc]
         """
 
 
-class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
+class GcFreeze(Explicit, _FlagPairOption, Setting):  # type: ignore[misc]
     name = "gc_freeze"
     section = SECTION
     cli = ["--gc-freeze"]
@@ -147,7 +149,7 @@ class GcFreeze(_FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
-class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
+class SmartFork(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     name = "smart_fork"
     section = SECTION
     cli = ["--smart-fork"]
@@ -169,13 +171,36 @@ class SmartFork(_ChoiceOption, Setting):  # type: ignore[misc]
         """
 
 
+class SmartWorkerClass(Explicit, Setting):  # type: ignore[misc]
+    name = "smart_worker_class"
+    section = SECTION
+    cli = ["--smart-worker-class"]
+    meta = "CLASS"
+    validator = validate_smart_worker_class
+    default = None
+    desc = """\
+        The request model under -k smartspawn.Worker: the gunicorn worker class that serves requests.
+
+        Spelled as ``-k`` spells a worker class: ``sync``, ``gthread``,
+        ``gevent``, ``gevent_pywsgi``, ``tornado``, ``asgi`` (gunicorn >=
+        24), a dotted path such as ``uvicorn_worker.UvicornWorker``, or the
+        class itself in gunicorn.conf.py. Unset: ``sync``, or ``gthread``
+        when ``--threads`` is above 1, as gunicorn does; ``gthread`` named
+        is gthread even with one thread. ``-k smartspawn.Worker`` stays the
+        worker class: this names what runs under it, with smart or direct
+        spawning. A gevent app is monkey-patched in its preloader before it
+        is imported; an ASGI app gets its event loop and lifespan in each
+        worker. Per app in the ``apps`` table. See docs/request-models.md.
+        """
+
+
 def _validate_apps(value: Any) -> Any:
     from gunicorn_smartspawn.config.apps import validate_apps
 
     return validate_apps(value)
 
 
-class Apps(Setting):  # type: ignore[misc]
+class Apps(Explicit, Setting):  # type: ignore[misc]
     name = "apps"
     section = SECTION
     cli = None
@@ -186,7 +211,7 @@ class Apps(Setting):  # type: ignore[misc]
 
         Config file only. Each entry needs ``app`` ('module:callable') and
         ``bind`` (an address or a list), and may set ``workers``,
-        ``threads``, ``spawn_method``, ``preloader_idle_timeout``,
+        ``threads``, ``spawn_method``, ``smart_worker_class``, ``preloader_idle_timeout``,
         ``preloader_start_timeout``, ``spawn_timeout``, ``min_workers``,
         ``max_workers``, ``worker_idle_timeout``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
@@ -199,7 +224,7 @@ class Apps(Setting):  # type: ignore[misc]
         """
 
 
-class SmartspawnSocket(Setting):  # type: ignore[misc]
+class SmartspawnSocket(Explicit, Setting):  # type: ignore[misc]
     name = "smartspawn_socket"
     section = SECTION
     cli = ["--smartspawn-socket"]
@@ -218,7 +243,7 @@ class SmartspawnSocket(Setting):  # type: ignore[misc]
         """
 
 
-class PreloaderStartTimeout(Setting):  # type: ignore[misc]
+class PreloaderStartTimeout(Explicit, Setting):  # type: ignore[misc]
     name = "preloader_start_timeout"
     section = SECTION
     cli = ["--preloader-start-timeout"]
@@ -235,7 +260,7 @@ class PreloaderStartTimeout(Setting):  # type: ignore[misc]
         makes the master exit with code 4. ``0`` waits forever.
         """
 
-class SpawnTimeout(Setting):  # type: ignore[misc]
+class SpawnTimeout(Explicit, Setting):  # type: ignore[misc]
     name = "spawn_timeout"
     section = SECTION
     cli = ["--spawn-timeout"]
@@ -259,7 +284,7 @@ class SpawnTimeout(Setting):  # type: ignore[misc]
 
 # -- fork safety -----------------------------------------------------------------------
 
-class ForkSafety(_ChoiceOption, Setting):  # type: ignore[misc]
+class ForkSafety(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     name = "fork_safety"
     section = SECTION
     cli = ["--fork-safety"]
@@ -281,7 +306,7 @@ class ForkSafety(_ChoiceOption, Setting):  # type: ignore[misc]
         """
 
 
-class ForkSafetyLibraries(_FlagPairOption, Setting):  # type: ignore[misc]
+class ForkSafetyLibraries(Explicit, _FlagPairOption, Setting):  # type: ignore[misc]
     name = "fork_safety_libraries"
     section = SECTION
     cli = ["--fork-safety-libraries"]
@@ -305,6 +330,7 @@ PLUGIN_SETTINGS: Final = (
     "apps",
     "smartspawn_socket",
     "spawn_method",
+    "smart_worker_class",
     "preloader_idle_timeout",
     "preloader_start_timeout",
     "spawn_timeout",

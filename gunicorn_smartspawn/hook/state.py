@@ -30,3 +30,22 @@ def stock_arbiter() -> Any:
 def installed() -> bool:
     """True once the settings are registered and the arbiter selector is in place."""
     return _settings_registered and _stock_arbiter is not None
+
+
+class Explicit:
+    """Mixin of the plugin's ``Setting`` classes: ``explicit`` is True once a value was given
+    (command line, config file, GUNICORN_CMD_ARGS), not only the default.
+
+    Read by the arbiter selector: a plugin setting given to a run whose worker
+    class is not the plugin's is pointed out, never silently ignored.
+    """
+
+    explicit: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.explicit = False  # gunicorn's Setting.__init__ sets the default through set()
+
+    def set(self, val: Any) -> None:
+        super().set(val)  # type: ignore[misc]
+        self.explicit = True

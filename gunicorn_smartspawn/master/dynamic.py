@@ -158,13 +158,14 @@ class DynamicPools:
             if state is None or state.retiring:
                 continue
             reading = None
+            capacity = getattr(child.worker, "capacity", threads)  # the request model's: gevent, ASGI: connections
             if board is not None:
-                reading = board.check(child.worker.scoreboard_index, pid=child.pid, threads=threads, wall=wall,
+                reading = board.check(child.worker.scoreboard_index, pid=child.pid, threads=capacity, wall=wall,
                                       uptime=now - state.started_at)
             busy = reading.busy if reading is not None else 0
             last = reading.last_request if reading is not None else None
             idle_since = now - max(0.0, wall - last) if last is not None else state.started_at
-            workers.append(scaling.WorkerLoad(child.pid, state.ready, busy, threads, idle_since))
+            workers.append(scaling.WorkerLoad(child.pid, state.ready, busy, capacity, idle_since))
         pending = len(pool.pending) + sum(1 for w in pool.workers.values() if not w.ready and not w.retiring)
         pending -= sum(1 for w in workers if not w.ready)
         waiting = sum(accept_queue(lnr) for lnr in spec.listeners)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from gunicorn_smartspawn.worker import models
+
 
 def setup_notes(app: Any, reloading: bool) -> list[str]:
     """Refuse what cannot run; adjust and explain what can (``preload_app``, ``reload``)."""
@@ -27,6 +29,12 @@ def setup_notes(app: Any, reloading: bool) -> list[str]:
             "Use --spawn-method=direct"
         )
     notes: list[str] = []
+    try:
+        models.check_config(cfg, cfg.worker_class)  # smart_worker_class, globally and per app
+    except models.ModelError as exc:
+        if not reloading:
+            raise
+        notes.append(f"{exc}: workers that run keep running; new ones fail to load until it is fixed")
     if cfg.preload_app:
         if "direct" in methods and not reloading:
             raise RuntimeError(

@@ -32,6 +32,9 @@ from gunicorn_smartspawn.errors import INTERMEDIATE_FORK_ERROR, WORKER_BOOT_ERRO
 _PID = struct.Struct("!q")
 #: Seconds the preloader waits for an intermediate to report the worker's pid and exit.
 INTERMEDIATE_DEADLINE = 10.0
+#: The kernel's calls, bound when the master imported this module: gevent, patched into a
+#: preloader before its app's import, replaces them with calls that run on its hub.
+_fork, _waitpid, _select, _sleep = os.fork, os.waitpid, select.select, time.sleep
 
 
 class SpawnError(OSError):
@@ -67,7 +70,7 @@ class Forker:
     def _double_fork(self, child: Callable[[], NoReturn]) -> int:
         read_end, write_end = os.pipe()
         try:
-            intermediate = os.fork()
+            intermediate = _fork()
         except OSError as exc:
             os.close(read_end)
             os.close(write_end)
@@ -98,7 +101,7 @@ def _run_child(child: Callable[[], NoReturn]) -> NoReturn:
 
 def _intermediate(child: Callable[[], NoReturn], write_end: int) -> NoReturn:
     try:
-        pid = os.fork()
+        pid = _fork()
     except OSError:
         os._exit(INTERMEDIATE_FORK_ERROR)
     if pid == 0:
@@ -117,7 +120,7 @@ def _read_pid(fd: int, deadline: float) -> bytes:
         if remaining <= 0:
             break
         try:
-            ready, _, _ = select.select([fd], [], [], remaining)
+            ready, _, _ = _select([fd], [], [], remaining)
         except InterruptedError:
             continue
         if not ready:
@@ -137,7 +140,7 @@ def _reap(pid: int, deadline: float) -> None:
         except ProcessLookupError:
             pass
     try:
-        os.waitpid(pid, 0)
+        _waitpid(pid, 0)
     except ChildProcessError:
         pass  # already reaped: an app that set SIGCHLD to SIG_IGN makes the kernel reap
 
@@ -153,7 +156,7 @@ def _wait_exit(pid: int, deadline: float) -> bool:
             remaining = deadline - time.monotonic()
             if pidfd >= 0:
                 try:
-                    ready, _, _ = select.select([pidfd], [], [], max(0.0, remaining))
+                    ready, _, _ = _select([pidfd], [], [], max(0.0, remaining))
                 except InterruptedError:
                     continue
                 return bool(ready)
@@ -162,7 +165,7 @@ def _wait_exit(pid: int, deadline: float) -> bool:
                 return True
             if remaining <= 0:
                 return False
-            time.sleep(0.0005)
+            _sleep(0.0005)
     finally:
         if pidfd >= 0:
             os.close(pidfd)

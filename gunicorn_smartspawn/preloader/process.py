@@ -51,8 +51,13 @@ from gunicorn_smartspawn.wire import (
     WorkerSpawned,
     cut_text,
 )
+from gunicorn_smartspawn.worker import models as worker_models
 from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
 
+#: The preloader's own system calls, bound when the master imported this module: a request
+#: model that monkey-patches (gevent) replaces them before the app's import, and the preloader's
+#: loop, forks, signals and sleeps must stay the kernel's, never run on the app's hub.
+_select, _fork, _waitpid, _signal, _sleep = select.select, os.fork, os.waitpid, signal.signal, time.sleep
 #: How long a new worker waits for the master to become its parent.
 REPARENT_DEADLINE = 5.0
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
@@ -91,6 +96,7 @@ class Preloader:
         self.channel = Channel(sock, COMMANDS, blocking=True)
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
+        self.model: worker_models.Model | None = None
 
     # -- process life -------------------------------------------------------------------
 
@@ -136,18 +142,8 @@ class Preloader:
         if self.gc_freeze:
             gc.disable()
         started = time.perf_counter()
-        try:
-            self.app.wsgi()
-            events.fire(events.PRELOADER_LOADED)
-        except BaseException as exc:  # SystemExit from an app's import is a failure too
-            tb = traceback.format_exc()
-            error = str(exc) if isinstance(exc, AppImportError) else f"{type(exc).__name__}: {exc}"
-            self.log.error(
-                "app=%s preloader gen=%d pid=%d failed to load the app: %s\n%s",
-                self.app_name, self.generation, os.getpid(), error, tb,
-            )
-            first_line = error.splitlines()[0] if error else type(exc).__name__
-            self._send(PreloaderFailed(error=cut_text(first_line), traceback=cut_text(tb)))
+        prepared = self._import()
+        if prepared is None:
             return False
         load_seconds = time.perf_counter() - started
         self.fork_findings = forksafety.inspect_preloader(
@@ -158,17 +154,40 @@ class Preloader:
             exclude_fds=[self.channel.fileno(), *(lnr.fileno() for lnr in self.listeners)],
         )
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
             gc.collect()
             gc.freeze()
         how = self._choose_fork()
         self.log.info(
-            "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s",
-            self.app_name, self.generation, os.getpid(), load_seconds, how,
+            "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
+            self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
         )
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6)))
         return True
+
+    def _import(self) -> str | None:
+        """The request model's preparation, then the app's import and its check against the model:
+        what was prepared, for the log (``""`` if nothing); None when it failed (reported)."""
+        try:
+            where = worker_models.table_name(self.app)
+            self.model = worker_models.for_worker(self.launch.worker_class, self.cfg, worker_models.where(where))
+            done = self.model.before_import()  # gevent patches here, before any of the app runs
+            loaded = self.app.wsgi()
+            worker_models.check_pairing(self.model, loaded, worker_models.app_uri(self.app), worker_models.setting_words(where))
+            events.fire(events.PRELOADER_LOADED)
+        except BaseException as exc:  # SystemExit from an app's import is a failure too
+            known = isinstance(exc, (worker_models.ModelError, worker_models.PairingError))  # one line says it all
+            tb = "" if known else traceback.format_exc()
+            error = str(exc) if known or isinstance(exc, AppImportError) else f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "app=%s preloader gen=%d pid=%d failed to load the app: %s%s",
+                self.app_name, self.generation, os.getpid(), error, "\n" + tb if tb else "",
+            )
+            first_line = error.splitlines()[0] if error else type(exc).__name__
+            self._send(PreloaderFailed(error=cut_text(first_line), traceback=cut_text(tb)))
+            return None
+        return f", {done}" if done else ""
 
     def _choose_fork(self) -> str:
         """Settle how workers are created; says which, for the log."""
@@ -177,16 +196,16 @@ class Preloader:
             # pthread_atfork handler: one throwaway fork runs those handlers,
             # and the pools start again only when next used, which a
             # preloader never does.
-            pid = os.fork()
+            pid = _fork()
             if pid == 0:
                 os._exit(0)
-            os.waitpid(pid, 0)
+            _waitpid(pid, 0)
         return self.forker.method()
 
     def _serve(self) -> None:
         while True:
             try:
-                select.select([self.channel], [], [])
+                _select([self.channel], [], [])
             except InterruptedError:
                 continue
             try:
@@ -229,14 +248,16 @@ class Preloader:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.channel.close()  # a worker never holds a channel to its preloader
         for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
+            _signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE
         while os.getppid() != self.master_pid:  # double fork: until the intermediate is gone
             if time.monotonic() > deadline or os.getppid() == 1:
                 os._exit(WORKER_REPARENT_TIMEOUT)
-            time.sleep(0.0002)
+            _sleep(0.0002)
         if self.gc_freeze:
             gc.enable()
+        if self.model is not None:
+            self.model.after_fork()  # gevent: a hub of the preloader's is started again here
         forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
         sockets = _compat.per_worker_listeners(self.cfg, list(self.listeners), self.log)
         worker = self.launch.worker_class(

@@ -1,9 +1,18 @@
 """The worker classes users name with ``-k smartspawn.Worker``.
 
-It wraps gunicorn's own workers: the sync worker, or the threaded worker when
-``--threads`` is above 1. The wrapper adds only what smart spawning needs:
-the Passenger events at start and stop, and closing the master's private
-descriptors in a direct worker. The request path is gunicorn's, untouched.
+:class:`Worker` is both the class users name and the mixin that adds smart
+spawning to a gunicorn worker class: the context attached after
+construction, the Passenger events at start and stop, closing the master's
+private descriptors in a direct worker, the scoreboard's count of requests
+(around the loaded application, :mod:`.counting`) and the check that the
+application is of the kind the request model serves. Constructing
+``Worker`` itself builds, and caches, a class that mixes it into the request
+model the setting ``smart_worker_class`` names (:mod:`.models`)::
+
+    type("SmartGeventWorker", (Worker, GeventWorker), {})
+
+A subclass that already mixes a model in (``class Mine(Worker,
+UvicornWorker)``) is used as it is. The request path is the model's own.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from __future__ import annotations
 # that has switched to its app's own user may no longer be allowed to read it
 import hashlib  # noqa: F401
 import os
+import signal
+import threading
 from typing import Any
 
 from gunicorn.errors import AppImportError
@@ -22,6 +33,7 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
+from gunicorn_smartspawn.worker import counting, models
 from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
 HOOK_HELP = (
@@ -33,21 +45,35 @@ HOOK_HELP = (
 
 
 class Worker(_GunicornWorker):  # type: ignore[misc]
-    """gunicorn-smartspawn's worker: gunicorn's sync or threaded worker, spawned smartly."""
+    """gunicorn-smartspawn's worker: a gunicorn request model (sync by default), spawned smartly."""
 
+    __smartspawn__ = True
     app_name: str
     forked: bool
     private_fds: tuple[int, ...]
     first_heartbeat_mark: float
     tmp: Any  # gunicorn's WorkerTmp, or InheritedTmp in a forked worker
+    #: None when smart_worker_class names nothing (a HUP changed it): the master keeps a plain
+    #: record, and the preloader or the direct worker fails to load, which backs off
+    model: models.Model | None
+    #: the most requests this worker may have in flight (the scoreboard's bound)
+    capacity: int
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
-        if cls is Worker:
-            cls = ThreadedWorker if cfg.threads > 1 else SyncWorker
+        if models.base_of(cls) is None:  # no request model mixed in: the setting's
+            try:
+                cls = compose(cls, models.for_worker(cls, cfg, models.where(models.table_name(app))).base)
+            except models.ModelError:
+                pass
         return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        try:
+            self.model = models.for_worker(type(self), self.cfg)
+        except models.ModelError:
+            self.model = None
+        self.capacity = self.model.capacity(self.cfg) if self.model else max(1, int(self.cfg.threads))
         self.attach(SpawnContext())
 
     def attach(self, context: SpawnContext) -> None:
@@ -78,12 +104,9 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        if cls is Worker:
-            (ThreadedWorker if cfg.threads > 1 else SyncWorker).check_config(cfg, log)
-            return
-        parent = super()
-        if hasattr(parent, "check_config"):
-            parent.check_config(cfg, log)
+        base = models.for_worker(cls, cfg).base
+        if hasattr(base, "check_config"):
+            base.check_config(cfg, log)
 
     def has_heartbeat(self) -> bool:
         """Has the worker entered its request loop (master side)?"""
@@ -99,11 +122,25 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             except OSError:
                 pass
         self.private_fds = ()
+        if self.model is None:  # this worker cannot run: say why, as a failed load (exit code 4)
+            try:
+                models.for_worker(type(self), self.cfg, models.where(models.table_name(self.app)))
+            except models.ModelError as exc:
+                raise AppImportError(str(exc)) from None
         if self._scoreboard is not None:
-            self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.cfg.threads > 1)
+            self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.model is None or self.model.threaded)
         if not self.forked:
             drop_root(self.cfg)  # a forked worker's preloader did, before it imported the app
         super().init_process()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # A model that leaves the stop signals at their default (uvicorn's worker: its server
+        # shuts down, then raises the signal again) would end the process by the signal, past
+        # stopping_worker_process and gunicorn's worker_exit: leave through SystemExit instead.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _leave)
 
     def load_wsgi(self) -> None:
         try:
@@ -115,19 +152,16 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             # app that failed to load: exit 4 like a failed preloader
             self.log.exception("app=%s failed to load in worker pid=%s", self.app_name, os.getpid())
             raise AppImportError(f"{type(exc).__name__}: {exc}") from exc
+        attr = "asgi" if "asgi" in vars(self) else "wsgi"  # gunicorn's own asgi worker keeps it apart
+        app = getattr(self, attr, None)
+        if self.model is not None:
+            words = models.setting_words(models.table_name(self.app))
+            models.check_pairing(self.model, app, models.app_uri(self.app), words)
+        tally = counting.Tally(self._score, self.notify)
+        setattr(self, attr, counting.counted(app, models.interface_of(app), tally))
         if not self.forked:
             # direct spawning: the app registered its callbacks while this worker imported it
             events.fire(events.STARTING_WORKER_PROCESS, False)
-
-    def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        score = self._score
-        if score is None:
-            return super().handle_request(*args, **kwargs)
-        score.begin()
-        try:
-            return super().handle_request(*args, **kwargs)
-        finally:
-            score.end()
 
     def run(self) -> None:
         try:
@@ -144,4 +178,28 @@ class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
 
 
 class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker under smart spawning (``--threads`` > 1)."""
+    """gunicorn's gthread worker under smart spawning (``--threads`` > 1, or ``gthread`` named)."""
+
+
+_composed: dict[tuple[type, type], type] = {
+    (Worker, _GunicornSyncWorker): SyncWorker,
+    (Worker, _GunicornThreadWorker): ThreadedWorker,
+}
+_composing = threading.Lock()
+
+
+def _leave(sig: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def compose(mixin: type, base: type) -> type:
+    """The class that mixes ``mixin`` (:class:`Worker` or a subclass) into the request model
+    ``base``, made once per pair; ``base``'s own ``setup()`` runs then, as gunicorn runs it for ``-k``."""
+    with _composing:
+        cls = _composed.get((mixin, base))
+        if cls is None:
+            if hasattr(base, "setup"):
+                base.setup()  # tornado's patches tornado.web
+            name = f"Smart{base.__name__}" if mixin is Worker else mixin.__name__
+            cls = _composed[(mixin, base)] = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name})
+        return cls

@@ -652,3 +652,39 @@ def iter_read(fd: int) -> bytes:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# -- an event loop left by the import -----------------------------------------------------------------------
+
+
+def test_an_event_loop_left_open_is_found_and_named() -> None:
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    closed = asyncio.new_event_loop()
+    closed.close()
+    try:
+        found = detect.event_loops([loop, closed])
+        assert found == [f"{type(loop).__module__}.{type(loop).__qualname__} (the main thread's current loop)"]
+        loop.run_until_complete(loop.run_in_executor(None, int))  # starts the default executor's thread
+        assert detect.event_loops([loop])[0].endswith("(the main thread's current loop, with a default executor)")
+        other = asyncio.new_event_loop()
+        assert detect.event_loops([other])[0].endswith(" (not set as current)")
+        other.close()
+        findings = detect._inspect("warn", [])
+        assert any("the main thread's current loop" in d for d in findings.event_loops), findings.event_loops
+        assert findings  # a loop alone is a finding
+        lines = fs.report(fs.Findings(event_loops=(found[0],)), mode="warn", libraries=True)
+        [(level, message)] = lines
+        assert level == logging.WARNING
+        assert message.startswith(f"an asyncio event loop, {found[0]}, was created at import: workers inherit it")
+        assert "lifespan startup" in message and "docs/request-models.md" in message
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_no_loop_no_finding() -> None:
+    assert detect.event_loops([]) == []
+    assert not fs.Findings()

@@ -138,13 +138,19 @@ def test_begin_and_end_count() -> None:
     assert board.read(0).last_request >= view.last_request
 
 
-def test_busy_saturates_at_what_a_byte_holds() -> None:
+def test_busy_holds_thousands_of_requests_in_flight() -> None:
+    # a gevent or ASGI worker has up to worker_connections (1000 by default) requests at once
     board = Scoreboard(slots=1)
-    writer = board.slot(0, threaded=True)
+    writer = board.slot(0, threaded=False)
     assert writer is not None
-    for _ in range(300):
+    for _ in range(1300):
         writer.begin()
-    assert (board.read(0).busy, board.read(0).requests) == (255, 300)
+    assert (board.read(0).busy, board.read(0).requests) == (1300, 1300)
+    assert board.check(0, pid=os.getpid(), threads=1000, wall=time.time() + 1) is None  # beyond its capacity
+    assert board.check(0, pid=os.getpid(), threads=2000, wall=time.time() + 1) is not None
+    for _ in range(1000):
+        writer.end()
+    assert board.read(0).busy == 300
     for _ in range(300):
         writer.end()
     assert board.read(0).busy == 0

@@ -238,6 +238,8 @@ BOOLEAN_ACCEPTED: Final = [("yes", True), ("True", True), ("0", False), (" no ",
 BOOLEAN_REFUSED: Final = ["maybe", 1, None]
 COUNT_ACCEPTED: Final = [("3", 3), (0, 0), (" 8 ", 8), (None, None)]
 COUNT_REFUSED: Final = [-1, "many", 2.5, True]
+CLASS_ACCEPTED: Final = [(" gevent ", "gevent"), ("uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornWorker"), ("", None), (None, None)]
+CLASS_REFUSED: Final = [1, True, ["gevent"]]
 
 
 def _kind(name: str) -> str:
@@ -248,6 +250,8 @@ def _kind(name: str) -> str:
         return "seconds"
     if check is v.optional_count:
         return "count"
+    if check is v.worker_class:
+        return "class"
     assert name in CHOICES, f"{name}: a new kind of check needs its samples in this file"
     return "choice"
 
@@ -266,6 +270,9 @@ def _samples() -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any]]]:
         elif kind == "count":
             accepted += [(name, given, expected) for given, expected in COUNT_ACCEPTED]
             refused += [(name, value) for value in COUNT_REFUSED]
+        elif kind == "class":
+            accepted += [(name, given, expected) for given, expected in CLASS_ACCEPTED]
+            refused += [(name, value) for value in CLASS_REFUSED]
         else:
             accepted += [(name, f" {c.title()} ", c) for c in CHOICES[name]] + [(name, c.upper(), c) for c in CHOICES[name]]
             refused += [(name, "fast"), (name, ""), (name, 1), (name, f"{CHOICES[name][0]} {CHOICES[name][1]}")]
