@@ -73,6 +73,7 @@ class PreloaderReady:
 
     pid: int
     load_seconds: float
+    code: str = ""  # a fingerprint of the code it imported (hex): a restart may find other code
     FDS: ClassVar[int] = 0
 
 
@@ -111,6 +112,7 @@ _TYPES: Final = {**COMMANDS, **EVENTS}
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {"int": (int,), "float": (float, int), "str": (str,)}
 #: Longest text of each text field, in characters: longer is refused on decode, cut by ``send()``.
 TEXT_LIMITS: Final[Mapping[str, Mapping[str, int]]] = {
+    "PreloaderReady": {"code": 64},
     "PreloaderFailed": {"error": MAX_ERROR_TEXT, "traceback": MAX_TEXT},
     "SpawnFailed": {"error": MAX_ERROR_TEXT},
 }

@@ -10,6 +10,7 @@ Pure: no imports of gunicorn.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gunicorn_smartspawn.errors import ConfigError
@@ -21,6 +22,36 @@ SMART_FORKS: Final = ("auto", "double-fork")
 FORK_SAFETY_MODES: Final = ("warn", "fence", "off")
 _TRUE: Final = ("true", "1", "yes")
 _FALSE: Final = ("false", "0", "no")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A plugin setting's value that failed its check, kept until the worker class is known.
+
+    A run with the plugin's worker refuses it with ``error`` (at start, as any
+    bad setting); a stock run ignores it, as gunicorn ignores names it does
+    not know: installing the plugin changes nothing for a run that does not
+    use it. Falsy, so an ignored ``apps`` reads as no table.
+    """
+
+    error: str
+    value: Any
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def deferred(validate: Check) -> Check:
+    """``validate`` for gunicorn's Config: a refusal is returned as :class:`Refused`, not raised."""
+
+    def check_later(value: Any) -> Any:
+        try:
+            return validate(value)
+        except ConfigError as exc:
+            return Refused(str(exc), value)
+
+    check_later.__name__ = getattr(validate, "__name__", "check_later")
+    return check_later
 
 
 def check(where: str, checker: Check, value: Any) -> Any:
@@ -52,10 +83,12 @@ def boolean(value: Any) -> bool:
     raise ValueError("True or False")
 
 
-def whole_seconds(zero_means: str) -> Check:
-    """A number of seconds >= 0, from an int or a decimal string."""
+def whole_seconds(zero_means: str, none_means: str = "") -> Check:
+    """A number of seconds >= 0, from an int or a decimal string (and None, if ``none_means`` says what it is)."""
 
-    def check_seconds(value: Any) -> int:
+    def check_seconds(value: Any) -> int | None:
+        if none_means and value is None:
+            return None
         try:
             if isinstance(value, bool):
                 raise ValueError
@@ -65,7 +98,8 @@ def whole_seconds(zero_means: str) -> Check:
         except (TypeError, ValueError, OverflowError):
             seconds = -1
         if seconds < 0:
-            raise ValueError(f"a whole number of seconds >= 0 ({zero_means})")
+            also = f", or None ({none_means})" if none_means else ""
+            raise ValueError(f"a whole number of seconds >= 0 ({zero_means}){also}")
         return seconds
 
     return check_seconds
@@ -156,7 +190,9 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "spawn_method": choice(
         *SPAWN_METHODS, explain="'smart' (fork workers from a preloader) or 'direct' (each worker imports the app)"
     ),
-    "preloader_idle_timeout": whole_seconds("0 keeps the preloader forever"),
+    "preloader_idle_timeout": whole_seconds(
+        "0 keeps the preloader forever", none_means="0 for a fixed pool, 300 for a dynamic one"
+    ),
     "preloader_start_timeout": whole_seconds("0 waits forever"),
     "spawn_timeout": whole_seconds("0 waits forever"),
     "gc_freeze": boolean,
@@ -173,4 +209,5 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "min_workers": optional_count,
     "max_workers": optional_count,
     "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),
+    "friendly_errors": boolean,
 }

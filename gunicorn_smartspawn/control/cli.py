@@ -4,6 +4,7 @@
     smartspawn memory  [-s SOCKET | --pid MASTER_PID] [--json]
     smartspawn restart APP [-s SOCKET]
     smartspawn scale   APP (+N | -N | N) [-s SOCKET]
+    smartspawn ready   [-s SOCKET]          exit 0 once every app serves
 
 The commands ask the master over its control socket (:mod:`.client`);
 ``memory --pid`` reads ``/proc`` below that pid and needs no socket. Human
@@ -264,6 +265,15 @@ def _cmd_scale(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _cmd_ready(args: argparse.Namespace, out: TextIO) -> int:
+    """A readiness probe: exit 0 once every app serves, 1 (with why) until then."""
+    result = client.request(client.socket_path(args.socket), {"command": "ready"}, args.timeout)
+    if not isinstance(result, dict) or not isinstance(result.get("ready"), bool):
+        raise UnexpectedAnswer("the master's ready answer has no 'ready'")
+    _emit(out, result, args.json, None if args.json else f"{'ready' if result['ready'] else 'not ready'}: {result.get('status')}")
+    return EXIT_OK if result["ready"] else EXIT_FAILED
+
+
 def _done(result: Any, default: str) -> str:
     if isinstance(result, dict) and isinstance(result.get("message"), str):
         return str(result["message"])
@@ -324,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("app", metavar="APP")
     scale.add_argument("how", type=_scale_amount, metavar="+N|-N|N")
     scale.set_defaults(run=_cmd_scale)
+    ready = commands.add_parser("ready", parents=[common], help="exit 0 once every app serves (a readiness probe)")
+    ready.set_defaults(run=_cmd_ready)
     return parser
 
 

@@ -27,7 +27,17 @@ class CommandHandlers:
         self.master = master
 
     def table(self) -> dict[str, Handler]:
-        return {"status": self.status, "memory": self.memory, "restart": self.restart, "scale": self.scale}
+        return {
+            "status": self.status, "memory": self.memory, "restart": self.restart, "scale": self.scale, "ready": self.ready,
+        }
+
+    def ready(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Every app serves in its current generation (or failed): what systemd's READY=1 says too."""
+        from gunicorn_smartspawn.master import readiness
+
+        settled, status, apps = readiness.summary(self.master)
+        failed = [name for name, words in apps.items() if words.startswith("failed")]
+        return {"ready": settled and not failed, "status": status, "apps": apps}
 
     def status(self, request: dict[str, Any]) -> dict[str, Any]:
         import gunicorn

@@ -34,6 +34,7 @@ def on_gunicorn_module(name: str, module: ModuleType) -> None:
             return
         state.remember_stock_arbiter(current)
         setattr(module, "Arbiter", select_arbiter)  # noqa: B010  (mypy: ModuleType has no Arbiter)
+        _remember_config_names(module.Application)
     elif name == "gunicorn.app.wsgiapp":
         _allow_apps_without_app_module(module.WSGIApplication)
         _stock_runs_keep_stock_settings(module.WSGIApplication)
@@ -52,14 +53,48 @@ def _allow_apps_without_app_module(application_class: Any) -> None:
             original(self)
         except ConfigError as exc:
             apps = self.cfg.settings["apps"].get() if "apps" in self.cfg.settings else None
+            refused = getattr(apps, "error", None)  # an apps table that failed its check
+            if str(exc) == NO_APP_MODULE and refused and uses_smartspawn(self.cfg.settings["worker_class"].get()):
+                raise ConfigError(refused) from None
             if str(exc) != NO_APP_MODULE or not apps:
                 raise
         apps = self.cfg.settings["apps"].get() if "apps" in self.cfg.settings else None
-        if apps and not uses_smartspawn(self.cfg.settings["worker_class"].get()):
+        ours = uses_smartspawn(self.cfg.settings["worker_class"].get())
+        if apps and not ours:
             raise ConfigError("apps = {...} needs worker_class = 'smartspawn.Worker' (-k smartspawn.Worker)")
+        if ours:
+            from gunicorn_smartspawn.config.validators import Refused
+            from gunicorn_smartspawn.hook import typos
+            from gunicorn_smartspawn.hook.settings import PLUGIN_SETTINGS
+
+            for name in PLUGIN_SETTINGS:  # a stock run ignores them; ours refuses, as any bad setting
+                value = self.cfg.settings[name].get()
+                if isinstance(value, Refused):
+                    raise ConfigError(value.error)
+
+            for where, names in getattr(self, "_smartspawn_config_names", {}).items():
+                typos.warn(where, names, self.cfg.settings)
 
     load_config._smartspawn = True  # type: ignore[attr-defined]
     application_class.load_config = load_config
+
+
+def _remember_config_names(application_class: Any) -> None:
+    """Keep the names a configuration file set, for the did-you-mean of :mod:`.typos`."""
+    original = application_class.load_config_from_module_name_or_filename
+    if getattr(original, "_smartspawn", False):
+        return
+
+    def load(self: Any, location: str) -> Any:
+        names = original(self, location)
+        if isinstance(names, dict):
+            remembered = getattr(self, "_smartspawn_config_names", {})
+            remembered[location] = dict(names)
+            self._smartspawn_config_names = remembered
+        return names
+
+    load._smartspawn = True  # type: ignore[attr-defined]
+    application_class.load_config_from_module_name_or_filename = load
 
 
 installed = state.installed

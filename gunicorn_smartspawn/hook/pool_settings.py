@@ -33,7 +33,7 @@ class MinWorkers(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--min-workers"]
     meta = "INT"
-    validator = _validator("min_workers")
+    validator = validators.deferred(_validator("min_workers"))
     default = None
     desc = """\
         The fewest workers an app keeps; with max_workers, the pool grows and shrinks.
@@ -53,7 +53,7 @@ class MaxWorkers(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--max-workers"]
     meta = "INT"
-    validator = _validator("max_workers")
+    validator = validators.deferred(_validator("max_workers"))
     default = None
     desc = """\
         The most workers an app may have under load (dynamic pool).
@@ -68,7 +68,7 @@ class WorkerIdleTimeout(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--worker-idle-timeout"]
     meta = "SECONDS"
-    validator = _validator("worker_idle_timeout")
+    validator = validators.deferred(_validator("worker_idle_timeout"))
     default = 300
     desc = """\
         Stop a worker that served nothing for this long, above min_workers.
@@ -83,7 +83,7 @@ class MaxPoolSize(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--max-pool-size"]
     meta = "INT"
-    validator = _validator("max_pool_size", validators.optional_count)
+    validator = validators.deferred(_validator("max_pool_size", validators.optional_count))
     default = None
     desc = """\
         The most workers of all apps together (several apps in one master).
@@ -92,4 +92,22 @@ class MaxPoolSize(Explicit, Setting):  # type: ignore[misc]
         pool is full, the worker of another app that has been idle longest
         is stopped to make room; if none is idle, the app waits. Unset: no
         limit but each app's own.
+        """
+
+
+class FriendlyErrors(Setting):  # type: ignore[misc]
+    name = "friendly_errors"
+    section = SECTION
+    cli = ["--friendly-errors"]
+    action = "store_true"
+    validator = validators.deferred(_validator("friendly_errors"))
+    default = False
+    desc = """\
+        Show the error and traceback on the 503 page of an app that failed to start.
+
+        While an app has no worker because it failed to start, the master
+        answers its connections with ``503 Service Unavailable`` and a short
+        plain body naming the app. With this on, the body also holds the
+        error and its traceback, as Passenger's friendly error pages do:
+        for development only, since anyone who connects reads it.
         """

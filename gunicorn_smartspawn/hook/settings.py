@@ -98,7 +98,7 @@ class SpawnMethod(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     cli = ["--spawn-method"]
     meta = "{smart,direct}"
     choices = SPAWN_METHODS
-    validator = validate_spawn_method
+    validator = validators.deferred(validate_spawn_method)
     default = "smart"
     desc = """\
         How workers get the application: 'smart' forks them from a preloader.
@@ -119,15 +119,20 @@ class PreloaderIdleTimeout(Explicit, Setting):  # type: ignore[misc]
     cli = ["--preloader-idle-timeout"]
     meta = "SECONDS"
     type = int
-    validator = validate_idle_timeout
-    default = 300
+    validator = validators.deferred(validate_idle_timeout)
+    default = None
     desc = """\
         Stop a preloader after this many seconds without a spawn request.
 
         As Passenger's ``max_preloader_idle_time``: an idle preloader exits to
         give its memory back, and a new one is started (the app is imported
-        again) the next time a worker must be spawned. Workers keep running
-        either way. ``0`` keeps the preloader for the life of the master.
+        again) the next time a worker must be spawned; if it finds other code
+        on disk, the workers are rolled onto it as a new generation. Workers
+        keep running either way. ``0`` keeps the preloader for the life of
+        the master. Unset: ``0`` for a fixed pool (its workers are respawned
+        from the preloader, at once and from the same code), ``300`` for a
+        dynamic pool (Passenger's default; with ``min_workers = 0`` an idle
+        app then costs nothing but its socket). See docs/pool.md.
         """
 
 
@@ -135,7 +140,7 @@ class GcFreeze(Explicit, _FlagPairOption, Setting):  # type: ignore[misc]
     name = "gc_freeze"
     section = SECTION
     cli = ["--gc-freeze"]
-    validator = validate_gc_freeze
+    validator = validators.deferred(validate_gc_freeze)
     default = True
     desc = """\
         Call gc.freeze() in the preloader so workers keep sharing its memory.
@@ -155,7 +160,7 @@ class SmartFork(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     cli = ["--smart-fork"]
     meta = "{auto,double-fork}"
     choices = SMART_FORKS
-    validator = validate_smart_fork
+    validator = validators.deferred(validate_smart_fork)
     default = "auto"
     desc = """\
         How a preloader creates a worker that the master owns.
@@ -176,7 +181,7 @@ class SmartWorkerClass(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--smart-worker-class"]
     meta = "CLASS"
-    validator = validate_smart_worker_class
+    validator = validators.deferred(validate_smart_worker_class)
     default = None
     desc = """\
         The request model under -k smartspawn.Worker: the gunicorn worker class that serves requests.
@@ -204,7 +209,7 @@ class Apps(Explicit, Setting):  # type: ignore[misc]
     name = "apps"
     section = SECTION
     cli = None
-    validator = _validate_apps
+    validator = validators.deferred(_validate_apps)
     default = None
     desc = """\
         Several applications in one master: a dict of app name to its settings.
@@ -213,7 +218,7 @@ class Apps(Explicit, Setting):  # type: ignore[misc]
         ``bind`` (an address or a list), and may set ``workers``,
         ``threads``, ``spawn_method``, ``smart_worker_class``, ``preloader_idle_timeout``,
         ``preloader_start_timeout``, ``spawn_timeout``, ``min_workers``,
-        ``max_workers``, ``worker_idle_timeout``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
+        ``max_workers``, ``worker_idle_timeout``, ``friendly_errors``, ``gc_freeze``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
         ``max_requests``, ``max_requests_jitter``, ``chdir``,
         ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
@@ -229,7 +234,7 @@ class SmartspawnSocket(Explicit, Setting):  # type: ignore[misc]
     section = SECTION
     cli = ["--smartspawn-socket"]
     meta = "PATH"
-    validator = validate_socket_path
+    validator = validators.deferred(validate_socket_path)
     default = None
     desc = """\
         Unix socket where the master answers the smartspawn status and memory tools.
@@ -249,7 +254,7 @@ class PreloaderStartTimeout(Explicit, Setting):  # type: ignore[misc]
     cli = ["--preloader-start-timeout"]
     meta = "SECONDS"
     type = int
-    validator = validate_start_timeout
+    validator = validators.deferred(validate_start_timeout)
     default = 90
     desc = """\
         Kill a preloader that has not loaded its app after this many seconds.
@@ -266,7 +271,7 @@ class SpawnTimeout(Explicit, Setting):  # type: ignore[misc]
     cli = ["--spawn-timeout"]
     meta = "SECONDS"
     type = int
-    validator = validate_spawn_timeout
+    validator = validators.deferred(validate_spawn_timeout)
     default = 90
     desc = """\
         Kill a new worker that does not serve within this many seconds.
@@ -290,7 +295,7 @@ class ForkSafety(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     cli = ["--fork-safety"]
     meta = "{warn,fence,off}"
     choices = FORK_SAFETY_MODES
-    validator = validate_fork_safety
+    validator = validators.deferred(validate_fork_safety)
     default = "warn"
     desc = """\
         What to do about connections and threads a preloader passes to its workers.
@@ -310,7 +315,7 @@ class ForkSafetyLibraries(Explicit, _FlagPairOption, Setting):  # type: ignore[m
     name = "fork_safety_libraries"
     section = SECTION
     cli = ["--fork-safety-libraries"]
-    validator = validate_fork_safety_libraries
+    validator = validators.deferred(validate_fork_safety_libraries)
     default = True
     desc = """\
         Reset known libraries' connections in each forked worker.
@@ -338,6 +343,7 @@ PLUGIN_SETTINGS: Final = (
     "max_workers",
     "worker_idle_timeout",
     "max_pool_size",
+    "friendly_errors",
     "gc_freeze",
     "smart_fork",
     "fork_safety",

@@ -83,7 +83,7 @@ class AppTable:
                 name=spec.name,
                 spawn_method=method,
                 target=target,
-                idle_timeout=float(spec.cfg.preloader_idle_timeout),
+                idle_timeout=preloader_idle_timeout(spec.cfg),
                 start_timeout=float(spec.cfg.preloader_start_timeout),
                 spawn_timeout=float(spec.cfg.spawn_timeout),
                 halt_on_boot_failure=not self.multi,
@@ -95,7 +95,7 @@ class AppTable:
                 spec.name, pool.spawn_method, method, pool.spawn_method,
             )
         pool.target = target
-        pool.idle_timeout = float(spec.cfg.preloader_idle_timeout)
+        pool.idle_timeout = preloader_idle_timeout(spec.cfg)
         pool.start_timeout = float(spec.cfg.preloader_start_timeout)
         pool.spawn_timeout = float(spec.cfg.spawn_timeout)
 
@@ -171,3 +171,13 @@ def default_app_name(app: Any) -> str:
     if isinstance(uri, str) and uri:
         return uri.split(":", 1)[0]
     return "default"
+
+
+def preloader_idle_timeout(cfg: Any) -> float:
+    """The setting, or its default by the kind of pool: keep the preloader of a fixed pool (it
+    respawns workers from it, at once and from the same code), idle out a dynamic pool's."""
+    seconds = cfg.preloader_idle_timeout
+    if seconds is None:
+        dynamic = cfg.min_workers is not None or cfg.max_workers is not None
+        seconds = 300 if dynamic else 0
+    return float(seconds)

@@ -36,12 +36,13 @@ from gunicorn_smartspawn import _compat, _linux, events
 from gunicorn_smartspawn.master import actions as act
 from gunicorn_smartspawn.master import listeners as listenersmod
 from gunicorn_smartspawn.master import pool as poolmod
-from gunicorn_smartspawn.master import shutdown
+from gunicorn_smartspawn.master import shutdown, unavailable
 from gunicorn_smartspawn.master.apps import AppTable
 from gunicorn_smartspawn.master.children import Children
-from gunicorn_smartspawn.master.dynamic import FAST_POLL, DynamicPools
+from gunicorn_smartspawn.master.dynamic import DynamicPools
 from gunicorn_smartspawn.master.loop import Loop, Service
 from gunicorn_smartspawn.master.metrics import Metrics
+from gunicorn_smartspawn.master.readiness import Readiness, quiet_notify
 from gunicorn_smartspawn.master.reaper import Reaper
 from gunicorn_smartspawn.master.setup import setup_notes
 from gunicorn_smartspawn.master.spawner import Spawner
@@ -95,6 +96,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.spawner = Spawner(self)
             self.reaper = Reaper(self)
             self.dynamic = DynamicPools(self)
+            self.readiness = Readiness(self)
         self.apps.multi = bool(app.cfg.apps)
         for note in notes:
             self.log.warning(note)
@@ -119,7 +121,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.LISTENERS = self.apps.all_listeners()
             for spec in self.apps.specs.values():
                 self.log.info("app=%s listening at %s", spec.name, ",".join(str(lnr) for lnr in spec.listeners))
-        super().start()
+        with quiet_notify():  # gunicorn says READY=1 here; the master says it once the apps serve
+            super().start()
         if not self.multi:
             for spec in self.apps.specs.values():
                 spec.listeners = list(self.LISTENERS)
@@ -147,9 +150,9 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def _wait(self, timeout: float) -> None:
         channels = {c.channel.fileno(): c for c in self.children.of_role("preloader") if c.channel is not None}
-        if self.dynamic.fast:
-            timeout = min(timeout, FAST_POLL)  # a saturated app: look at its queue often
+        timeout = min(timeout, self.dynamic.poll)  # a dynamic app that may grow: look at its queue often
         watch = self.dynamic.watch_fds()  # apps at zero workers: a connection wakes the master
+        watch += [lnr.fileno() for spec in unavailable.apps(self) for lnr in spec.listeners]
         self.loop.wait(timeout, channels, self.services, self.reaper.reap, self.reaper.read, watch)
 
     def run_from_thread(self, work: Callable[[], Any], timeout: float = 5.0) -> tuple[bool, Any]:
@@ -181,13 +184,15 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         now = time.monotonic()
         self.reaper.sweep_if_due(now)
         if self.apps.check_restart_files(now):
-            self._check_listeners(now)
+            listenersmod.revive(self, now)
         self.dynamic.step(now)
+        unavailable.answer(self, now)
         for name, pool in list(self.apps.pools.items()):
             self._manage_pool(name, pool, now)
         if self.apps.retired_listeners and not self.apps.old_generation_alive():
             listenersmod.close(self.apps.retired_listeners, unlink=False)
             self.apps.retired_listeners = []
+        self.readiness.tick()
         self.metrics.pools(self.apps.pools)
         count = len(self.WORKERS)
         if self._last_logged_active_worker_count != count:
@@ -207,10 +212,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         actions = pool.tick(now)
         if pool.failures and (pool.failures, pool.last_error) != self._reported_failure.get(name):
             self._reported_failure[name] = (pool.failures, pool.last_error)
-            self.log.error(
-                "app=%s %s (failure %d in a row; next try in %.0fs)",
-                name, pool.last_error, pool.failures, max(0.0, pool.retry_at - now),
-            )
+            self.log.error("app=%s %s (failure %d in a row; %s)", name, pool.last_error, pool.failures, _next(pool, now))
         for action in actions:
             self._perform(pool, action, now)
         if self.apps.specs[name].removed:
@@ -250,24 +252,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.kill_worker(action.pid, signal.SIGTERM)
         elif isinstance(action, act.Halt):
             raise HaltServer(action.reason, action.exit_status)
-
-    def _check_listeners(self, now: float) -> None:
-        """A listener that stopped accepting (a worker shut it down) is bound anew, and its
-        app's workers are rolled onto the new one, as on HUP."""
-        for spec in list(self.apps.specs.values()):
-            for listener in list(spec.listeners):
-                if spec.removed or listenersmod.accepting(listener):
-                    continue
-                self.log.error("app=%s listener %s stopped accepting connections: binding it again", spec.name, listener)
-                try:
-                    fresh = listenersmod.rebind(listener, spec.cfg, self.log)
-                except (OSError, ValueError) as exc:
-                    self.log.error("app=%s could not bind %s again: %s", spec.name, listener, exc)
-                    continue
-                for other in self.apps.specs.values():  # the one-app form shares gunicorn's LISTENERS
-                    other.listeners = [fresh if lnr is listener else lnr for lnr in other.listeners]
-                self.LISTENERS = [fresh if lnr is listener else lnr for lnr in self.LISTENERS]
-                self.apps.pools[spec.name].request_reload(now)
 
     def _drop_removed_app(self, name: str) -> None:
         pool = self.apps.pools[name]
@@ -352,6 +336,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         generation's preloader has imported the new code; if that fails, the
         error is logged and the old generation keeps serving.
         """
+        self.readiness.reloading()
         old_address = self.cfg.address
         for k in self.cfg.env:
             if k in self.cfg.env_orig:
@@ -396,3 +381,13 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def stop(self, graceful: bool = True) -> None:
         shutdown.stop(self, graceful)
+
+
+def _next(pool: poolmod.AppPool, now: float) -> str:
+    """What happens after a failure, truthfully: a halt, nothing (a failed reload), or a retry and when."""
+    if pool.halt is not None:
+        return "giving up: the app never served"
+    serving = sum(1 for w in pool.workers.values() if w.ready and not w.retiring and w.generation == pool.generation)
+    if serving >= pool.target and not pool.reload_requested and pool.candidate is None:
+        return f"generation {pool.generation} keeps serving; fix the code and reload (HUP, restart.txt) to try again"
+    return f"next try in {max(0.0, pool.retry_at - now):.0f}s"

@@ -15,8 +15,9 @@ and nothing here touches it. Every pass of the master's loop:
    idle workers gracefully, log each change as one line.
 
 An app at zero workers has its listeners watched by the master's select, so
-the first connection wakes it; while a dynamic app is saturated the loop
-samples every :data:`FAST_POLL` seconds instead of every second.
+the first connection wakes it; while a dynamic app may still grow the loop
+samples every :data:`POLL` seconds (every :data:`FAST_POLL` while it is
+saturated) instead of gunicorn's every second.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 #: Seconds between samples while an app is saturated and may still grow.
 FAST_POLL = 0.02
+#: Seconds between samples while any dynamic app may still grow (instead of gunicorn's 1 s).
+POLL = 0.1
 #: ``struct tcp_info``: 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss; then
 #: ``tcpi_unacked``, which for a listening socket is its accept queue, and ``tcpi_sacked`` its backlog.
 _TCP_INFO_QUEUE = struct.Struct("=II")
@@ -93,7 +96,8 @@ class DynamicPools:
         self.last: dict[str, tuple[float, str]] = {}  # app -> (when, the last decision's line)
         self.waiting: dict[str, int] = {}
         self.busy: dict[str, int] = {}
-        self.fast = False
+        #: the longest the master's loop may sleep before the next sample
+        self.poll = 1.0
 
     def configure(self, num_workers: int) -> None:
         """Bounds from each app's configuration (refusals raise ValueError naming the app)."""
@@ -136,12 +140,12 @@ class DynamicPools:
 
     def step(self, now: float) -> None:
         if not self.limits:
-            self.fast = False
+            self.poll = 1.0
             return
         loads = {name: self._sample(name, now) for name in self.limits if name in self.master.apps.pools}
         decisions = [scaling.decide(load, now) for load in loads.values()]
         decisions = scaling.share(decisions, loads, self.master.cfg.max_pool_size, now)
-        self.fast = False
+        self.poll = 1.0
         for decision in decisions:
             self._apply(decision, loads[decision.app], now)
 
@@ -195,8 +199,8 @@ class DynamicPools:
         if decision.target != before and decision.reason:
             verb = "up" if decision.target > before else "down"
             self._say(decision.app, f"scale {verb} {before}->{decision.target}: {decision.reason}", now)
-        if load.saturated and len(load.workers) + load.pending < load.max_workers:
-            self.fast = True
+        if len(load.workers) + load.pending < load.max_workers:
+            self.poll = min(self.poll, FAST_POLL if load.saturated and load.workers else POLL)
 
     def _say(self, app: str, line: str, now: float) -> None:
         self.last[app] = (now, line)

@@ -105,3 +105,22 @@ def rebind(listener: Any, cfg: Any, log: Any) -> Any:
     address = listener.cfg_addr
     listener.close()
     return sock._sock_type(address)(address, cfg, log)
+
+
+def revive(master: Any, now: float) -> None:
+    """A listener that stopped accepting (a worker shut it down) is bound anew, and its app's
+    workers are rolled onto the new one, as on HUP."""
+    for spec in list(master.apps.specs.values()):
+        for listener in list(spec.listeners):
+            if spec.removed or accepting(listener):
+                continue
+            master.log.error("app=%s listener %s stopped accepting connections: binding it again", spec.name, listener)
+            try:
+                fresh = rebind(listener, spec.cfg, master.log)
+            except (OSError, ValueError) as exc:
+                master.log.error("app=%s could not bind %s again: %s", spec.name, listener, exc)
+                continue
+            for other in master.apps.specs.values():  # the one-app form shares gunicorn's LISTENERS
+                other.listeners = [fresh if lnr is listener else lnr for lnr in other.listeners]
+            master.LISTENERS = [fresh if lnr is listener else lnr for lnr in master.LISTENERS]
+            master.apps.pools[spec.name].request_reload(now)

@@ -45,6 +45,7 @@ class AppPool:
     retry_at: float = 0.0
     last_error: str | None = None
     halt: act.Halt | None = None
+    code: str = ""  # the last loaded code's fingerprint (module files' paths, sizes and mtimes)
     _to_stop: list[st.PreloaderState] = field(default_factory=list, repr=False)  # preloaders to stop, for tick
 
     # -- what the master reports ----------------------------------------------------
@@ -58,16 +59,23 @@ class AppPool:
             self.preloader = state
 
     def start_failed(self, what: str, error: str, now: float, generation: int | None = None) -> None:
-        """The master could not create a process (fork, socketpair, EMFILE...): back off, and
-        ask again for a new generation that never started (a HUP is never lost)."""
+        """The master could not fork, pair or open (EMFILE...): back off; a HUP is never lost."""
         self._record_failure(f"could not {what}: {error}", now)
         if generation is not None and generation > self.generation:
             self.reload_requested = True
 
-    def preloader_ready(self, pid: int, load_seconds: float, now: float) -> None:
+    def preloader_ready(self, pid: int, load_seconds: float, now: float, code: str = "") -> bool:
+        """``pid`` loaded the app; True when it is a restart (idle timeout, crash) that found other
+        code on disk than the workers run: they are then rolled onto it as a new generation."""
         state = self._preloader(pid)
         if state is None or state.failed:
-            return
+            return False
+        rolled = state is self.preloader and bool(self.code and code and code != self.code and self.workers)
+        if rolled:  # what it was asked for already is of the new code too
+            self.generation = state.generation = self.generation + 1
+            for request in (p for p in self.pending.values() if p.preloader_pid == pid):
+                request.generation = self.generation
+        self.code = code or self.code
         state.ready_at = now
         state.load_seconds = load_seconds
         state.last_used = now
@@ -85,6 +93,7 @@ class AppPool:
             self.preloader, self.candidate = state, None
             self.generation = state.generation
             # spawn requests still queued at the old preloader serve the old generation
+        return rolled
 
     def preloader_misbehaved(self, pid: int, reason: str, now: float) -> None:
         """The master caught preloader ``pid`` breaking the protocol and kills it: a failure."""
@@ -95,8 +104,7 @@ class AppPool:
             self._retire_preloader(state, reason, kill=True)
 
     def preloader_failed(self, pid: int, error: str, now: float) -> list[int]:
-        """The app failed to load in ``pid``. Returns the ages of the spawn
-        requests that failed with it."""
+        """The app failed to load in ``pid``; the ages of the spawn requests that failed with it."""
         state = self._preloader(pid)
         if state is None:
             return []
@@ -105,8 +113,7 @@ class AppPool:
         return self._drop_failed_preloader(state)
 
     def preloader_exited(self, pid: int, status: int, now: float) -> list[int] | None:
-        """Forget a reaped preloader. Returns the ages of spawn requests lost with
-        it (empty list), or None when ``pid`` is not a preloader of this app."""
+        """Forget a reaped preloader; the ages of spawn requests lost with it, or None if not ours."""
         state = self._preloader(pid) or self.retiring_preloaders.get(pid)
         if state is None:
             return None
@@ -380,8 +387,7 @@ class AppPool:
             self.early_exits.clear()
 
     def _record_failure(self, error: str, now: float, boot_code: int | None = None) -> None:
-        """Count a failure and back off. ``boot_code``: the exit status a
-        single-app server halts with if the app never came up."""
+        """Count a failure and back off; ``boot_code``: what a one-app server that never came up exits with."""
         self.failures += 1
         self.last_error = error
         self.retry_at = now + st.backoff_delay(self.failures)

@@ -39,6 +39,8 @@ class Reaper:
         self.spawner = master.spawner
         #: when to look for workers nobody reported (their preloader died mid-spawn)
         self.sweep_at: float | None = None
+        #: the last load traceback of each app (bounded by the wire)
+        self.tracebacks: dict[str, str] = {}
 
     # -- exits ------------------------------------------------------------------------------
 
@@ -138,11 +140,9 @@ class Reaper:
             if isinstance(message, PreloaderReady):
                 self._ready(pool, child, message, now)
             elif isinstance(message, PreloaderFailed):
-                self.log.error(
-                    "app=%s preloader gen=%d pid=%d failed to load the app: %s",
-                    child.app, child.generation, child.pid, cut_text(message.error, MAX_LOGGED_ERROR),
-                )
+                # (the preloader logged the error with its traceback; the pool's failure line follows)
                 error = cut_text(message.error, MAX_LOGGED_ERROR)
+                self.tracebacks[child.app] = message.traceback  # for the 503 page, with friendly_errors
                 for worker in self.children.drop_pending(child.app, pool.preloader_failed(child.pid, error, now)):
                     self.spawner.discard(worker)
             elif isinstance(message, WorkerSpawned):
@@ -157,7 +157,12 @@ class Reaper:
             self.spawner.finish_stop(child)
 
     def _ready(self, pool: AppPool, child: Child, message: PreloaderReady, now: float) -> None:
-        pool.preloader_ready(child.pid, message.load_seconds, now)
+        if pool.preloader_ready(child.pid, message.load_seconds, now, message.code):
+            child.generation = pool.generation
+            self.log.warning(
+                "app=%s preloader pid=%d was restarted and found other code on disk than its workers run: "
+                "rolling them onto it as generation %d, once its workers serve", child.app, child.pid, pool.generation,
+            )
         self.master.metrics.histogram(f"smartspawn.{child.app}.preloader_load_ms", round(message.load_seconds * 1000, 3))
         self.log.info(
             "app=%s preloader gen=%d pid=%d ready, loaded in %.2fs",

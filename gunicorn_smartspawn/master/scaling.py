@@ -12,8 +12,9 @@ The policy, and why (docs/pool.md compares it with Passenger and uWSGI):
   the queue cannot be read, the listener is readable): Passenger's "spawn
   while the wait list is non-empty". It asks for as many workers as
   connections wait, up to ``max_workers``, so a surge is met in one pass
-  instead of one worker per pass. Spawns already on their way count, so a
-  pass never asks twice for the same waiting connection.
+  instead of one worker per pass. Workers still booting and spawns on their
+  way count as taking one waiting connection each, so a pass never asks
+  twice for the same connection.
 * **Down, slowly, one at a time.** A worker is stopped only after
   ``worker_idle_timeout`` seconds without a request, the longest idle
   first, and only while the app has more than ``min_workers``. The gap
@@ -82,7 +83,9 @@ def decide(load: AppLoad, now: float) -> Decision:
     now_target = total if load.target is None else load.target
     keep = max(floor, min(load.max_workers, now_target))
     if load.waiting > 0 and load.saturated:
-        want = min(load.max_workers, len(load.workers) + max(load.waiting, 1))
+        # each worker still booting, and each spawn on its way, will take one waiting connection
+        coming = sum(1 for w in load.workers if not w.ready)
+        want = min(load.max_workers, len(load.workers) + max(load.waiting - coming, 0))
         if want > max(total, keep):
             reason = (
                 f"{load.busy} of {len(load.workers)} busy, {load.waiting} connection(s) waiting"

@@ -28,6 +28,7 @@ SWEEP_SECONDS = 2.0
 
 
 def stop(master: SmartArbiter, graceful: bool) -> None:
+    master.readiness.stopping()
     for service in master.services:
         service.close()
     master.services = []

@@ -18,10 +18,12 @@ module's code does so through ``os._exit``.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import select
 import signal
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -163,7 +165,7 @@ class Preloader:
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
         )
-        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6)))
+        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint()))
         return True
 
     def _import(self) -> str | None:
@@ -278,3 +280,22 @@ class Preloader:
 
 def _exit_on_sigterm(sig: int, frame: Any) -> None:
     os._exit(PRELOADER_EXIT_OK)
+
+
+def code_fingerprint() -> str:
+    """A digest of every imported module's file (path, size, mtime): what code this process runs.
+
+    Two preloaders of one app with the same digest imported the same files;
+    a different digest means the files on disk changed in between.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, module in sorted(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "replace"))
+    return digest.hexdigest()

@@ -198,3 +198,22 @@ def test_workers_that_cannot_boot_halt_a_single_smart_app_with_code_3(tmp_path):
     result = run_gunicorn(tmp_path, *SMARTSPAWN, "probe_app:app")
     assert result.returncode == 3, result.stdout
     assert "worker died before serving" in result.stdout.splitlines()[-1]
+
+
+def test_typos_of_settings_in_the_config_file_get_a_did_you_mean(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "worker_class = 'smartspawn.Worker'\nspawn_methd = 'direct'\npreloader_idle_timout = 0\nbilling_db = 'x'\n"
+    )
+    result = run_gunicorn(tmp_path, "--check-config", "probe_app:app")
+    assert result.returncode == 0, result.stdout
+    assert "sets 'spawn_methd', which is no setting, so gunicorn ignores it; did you mean 'spawn_method'?" in result.stdout
+    assert "did you mean 'preloader_idle_timeout'?" in result.stdout
+    assert "billing_db" not in result.stdout
+
+
+def test_a_stock_run_says_nothing_about_its_config_files_names(tmp_path):
+    # a helper variable named like a plugin setting, and a typo: a stock run is untouched by the plugin
+    (tmp_path / "gunicorn.conf.py").write_text("spawn_methd = 'direct'\napps = ['billing', 'shop']\nspawn_method = 'x'\n")
+    result = run_gunicorn(tmp_path, "--check-config", "probe_app:app")
+    assert result.returncode == 0, result.stdout
+    assert "did you mean" not in result.stdout

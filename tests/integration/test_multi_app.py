@@ -235,3 +235,51 @@ def test_per_app_users(server_factory):
         assert _connect_as(nobody.pw_uid, nobody.pw_gid, alice_sock) == "connected"
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_broken_apps_port_answers_503_instead_of_hanging(tmp_path, server_factory):
+    import http.client
+
+    ports = {"good": free_port(), "broken": free_port()}
+    apps = {
+        "good": {"app": "probe_app:app", "bind": f"127.0.0.1:{ports['good']}", "workers": 1},
+        "broken": {"app": "no_such_module:app", "bind": f"127.0.0.1:{ports['broken']}", "workers": 1},
+    }
+    conf = write_conf(tmp_path / "c.py", apps)
+    server = server_factory("-c", str(conf), bind=False)
+    server.wait_log("app=broken could not load", timeout=20)
+
+    def answer() -> tuple[int, str, float]:
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", ports["broken"], timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        conn.close()
+        return resp.status, text, time.monotonic() - started
+
+    status, text, took = wait_for(answer, 20, "a 503 from the broken app's port")
+    assert status == 503 and "the app 'broken' failed to start" in text, text
+    assert took < 1.0, f"answered after {took:.2f}s"
+    assert "Traceback" not in text and "No module named" not in text  # friendly_errors is off
+    assert get_json(ports["good"])["pid"] in app_pids(server, "worker", "good")
+
+
+def test_friendly_errors_show_the_traceback_on_the_503_page(tmp_path, server_factory):
+    import http.client
+
+    port = free_port()
+    conf = write_conf(tmp_path / "c.py", {"broken": {"app": "no_such_module:app", "bind": f"127.0.0.1:{port}"}},
+                      extra="friendly_errors = True\n")
+    server = server_factory("-c", str(conf), bind=False)
+    server.wait_log("app=broken could not load", timeout=20)
+
+    def page() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 503
+        return resp.read().decode()
+
+    text = wait_for(page, 20, "the friendly error page")
+    assert "No module named 'no_such_module'" in text and "Traceback" in text

@@ -53,6 +53,11 @@ def test_hup_with_broken_code_keeps_the_old_workers(server_factory, tmp_path):
     server.signal(signal.SIGHUP)
     server.wait_log("v2 is broken on purpose")
     server.wait_log("failed to load the app")
+    # said once by the preloader with its traceback, once by the master with what happens next
+    server.wait_log("generation 1 keeps serving; fix the code and reload (HUP, restart.txt) to try again")
+    assert "next try in" not in server.log(), "a failed reload is not retried: no next try is promised"
+    # the preloader's line with its traceback (the source line, the exception), and the master's one line
+    assert server.log().count("v2 is broken on purpose") <= 4
     wait_for(lambda: server.preloaders() == [preloader], what="the failed preloader to exit")
     assert sorted(server.workers()) == sorted(workers)
     assert server.proc.poll() is None

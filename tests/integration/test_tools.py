@@ -114,7 +114,7 @@ def test_status_and_memory_of_a_two_app_server(start_two_apps: Callable[..., tup
     assert (shop["spawn_method"], shop["state"], shop["target"], shop["generation"]) == ("smart", "running", 3, 1)
     assert (blog["spawn_method"], blog["state"], blog["target"], blog["preloader"]) == ("direct", "running", 2, None)
     assert [shop["preloader"]["pid"]] == app_pids(server, "preloader", "shop")
-    assert shop["preloader"]["loaded_in"] > 0 and shop["preloader"]["idle_timeout"] == 300
+    assert shop["preloader"]["loaded_in"] > 0 and shop["preloader"]["idle_timeout"] == 0  # a fixed pool keeps it
     for app in (shop, blog):
         pids = [w["pid"] for w in app["workers"]]
         assert sorted(pids) == app_pids(server, "worker", app["name"])

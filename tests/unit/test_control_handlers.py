@@ -44,6 +44,11 @@ class FakeLog:
 class Apps:
     pools: dict[str, AppPool]
 
+    @property
+    def specs(self) -> dict[str, Any]:
+        """What the readiness check reads of a spec: whether the app was removed."""
+        return {name: type("Spec", (), {"removed": False})() for name in self.pools}
+
 
 @dataclass
 class FakeWorker:
@@ -121,7 +126,7 @@ def error(handlers: CommandHandlers, request: Any) -> str:
 
 def test_the_table_names_every_command(handlers: CommandHandlers) -> None:
     table = handlers.table()
-    assert sorted(table) == ["memory", "restart", "scale", "status"]
+    assert sorted(table) == ["memory", "ready", "restart", "scale", "status"]
     assert table["status"] == handlers.status and table["scale"] == handlers.scale
 
 
@@ -322,7 +327,7 @@ def test_no_command_string(handlers: CommandHandlers, request_value: Any) -> Non
 
 def test_unknown_command(handlers: CommandHandlers) -> None:
     assert error(handlers, {"command": "reboot"}) == (
-        "unknown command 'reboot': expected one of memory, restart, scale, status"
+        "unknown command 'reboot': expected one of memory, ready, restart, scale, status"
     )
 
 
@@ -357,3 +362,14 @@ def test_a_result_that_is_not_json_is_an_error_reply(result: Any) -> None:
     handlers: dict[str, Handler] = {"x": lambda request: result}
     reply = json.loads(handle_request(handlers, FakeLog(), b'{"command":"x"}'))
     assert reply["ok"] is False and reply["error"].startswith("command failed in the master: ")
+
+
+def test_ready_says_whether_every_app_serves(handlers: CommandHandlers) -> None:
+    pool = handlers.master.apps.pools["shop"]
+    pool.workers.clear()
+    answer = handlers.ready({"command": "ready"})
+    assert answer["ready"] is False and answer["apps"]["shop"] == "starting"
+    pool.worker_started(901, 1, 0.0)
+    pool.worker_ready(901)
+    answer = handlers.ready({"command": "ready"})
+    assert answer["apps"]["shop"] == "1 worker serving"

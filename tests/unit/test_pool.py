@@ -974,3 +974,39 @@ def test_a_hup_whose_preloader_could_not_be_forked_is_tried_again_after_the_back
     assert m.pool.tick(10.5) == []  # backing off
     assert m.pool.tick(11.0) == [StartPreloader(2)]  # the HUP is not lost
     assert m.pool.preloader is not None and m.pool.preloader.pid == old_preloader
+
+
+def test_a_restarted_preloader_that_finds_other_code_rolls_the_workers_as_a_new_generation() -> None:
+    m = Master(smart_pool(target=2, idle_timeout=10.0))
+    m.tick(0.0)
+    first = m.preloader_pid()
+    assert m.pool.preloader_ready(first, 0.5, 1.0, code="aaaa") is False
+    m.now = 1.0
+    m.ready(*m.fork_requested())
+    assert [type(a) for a in m.tick(20.0)] == [StopPreloader]  # idled out
+    m.preloader_exit(first, exited(0))
+    # a worker recycled by max_requests: a new preloader imports what is on disk now
+    m.worker_exit(m.worker_pids()[0], exited(0))
+    m.tick(21.0)
+    second = m.preloader_pid()
+    assert m.pool.preloader_ready(second, 0.5, 22.0, code="bbbb") is True
+    assert m.pool.generation == 2 and m.pool.code == "bbbb"
+    assert all(p.generation == 2 for p in m.pool.pending.values())  # asked of it before: new code too
+    actions = m.tick(22.0)
+    assert SpawnFromPreloader(second, 1) in actions  # one more; the survivor stays until they serve
+    assert not any(isinstance(a, RetireWorker) for a in actions)
+
+
+def test_a_restarted_preloader_with_the_same_code_keeps_the_generation() -> None:
+    m = Master(smart_pool(target=1, idle_timeout=10.0))
+    m.tick(0.0)
+    first = m.preloader_pid()
+    m.pool.preloader_ready(first, 0.5, 1.0, code="aaaa")
+    m.now = 1.0
+    m.ready(*m.fork_requested())
+    m.tick(20.0)
+    m.preloader_exit(first, exited(0))
+    m.worker_exit(m.worker_pids()[0], exited(0))
+    m.tick(21.0)
+    assert m.pool.preloader_ready(m.preloader_pid(), 0.5, 22.0, code="aaaa") is False
+    assert m.pool.generation == 1

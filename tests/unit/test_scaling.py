@@ -110,3 +110,10 @@ def test_an_app_that_gives_up_a_worker_lowers_its_own_target_too() -> None:
     shop = next(d for d in shared if d.app == "shop")
     assert shop.target == 2 and shop.evict == (("admin", 11),)
     assert admin.target == 1  # decided 2 alone; one given up for shop
+
+
+def test_workers_still_booting_take_a_waiting_connection_each() -> None:
+    booting = (worker(1, busy=1), worker(2, ready=False))
+    assert decide(app(workers=booting, waiting=3), 0.0).target == 4  # 3 waiting, one for the booting worker
+    # a direct worker still importing at boot, one connection waiting: no growth
+    assert decide(app(workers=(worker(1, ready=False),), waiting=1), 0.0).target == 1

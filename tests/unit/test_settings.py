@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from gunicorn.config import Config
 
+from gunicorn_smartspawn.config.validators import Refused
 from gunicorn_smartspawn.errors import ConfigError
 from gunicorn_smartspawn.hook.settings import (
     PLUGIN_SETTINGS,
@@ -65,7 +66,7 @@ def test_idle_timeout_accepts_whole_seconds(value: Any, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [-1, -300, "-1", " -5 ", 2.5, 0.1, -0.0001, True, False, "abc", "", "  ", "5.0", "5s", "five", None, [5], {"s": 5}],
+    [-1, -300, "-1", " -5 ", 2.5, 0.1, -0.0001, True, False, "abc", "", "  ", "5.0", "5s", "five", [5], {"s": 5}],
 )
 def test_idle_timeout_rejects_the_rest(value: Any) -> None:
     with pytest.raises(ConfigError) as info:
@@ -109,7 +110,8 @@ def test_config_knows_the_settings_with_their_defaults() -> None:
         assert name in cfg.settings
         assert cfg.settings[name].section == SECTION == "Smart Spawning"
     assert cfg.spawn_method == "smart"
-    assert cfg.preloader_idle_timeout == 300
+    assert cfg.preloader_idle_timeout is None  # 0 for a fixed pool, 300 for a dynamic one
+    assert validate_idle_timeout(None) is None
     assert cfg.gc_freeze is True
 
 
@@ -121,10 +123,12 @@ def test_config_set_runs_the_validators() -> None:
     assert cfg.preloader_idle_timeout == 0
     cfg.set("gc_freeze", "false")
     assert cfg.gc_freeze is False
-    with pytest.raises(ConfigError, match="spawn_method"):
-        cfg.set("spawn_method", "bogus")
-    with pytest.raises(ConfigError, match="preloader_idle_timeout"):
-        cfg.set("preloader_idle_timeout", -1)
+    # a refusal waits for the worker class: a stock run ignores it, a run with ours refuses it
+    cfg.set("spawn_method", "bogus")
+    assert isinstance(cfg.spawn_method, Refused) and not cfg.spawn_method
+    assert cfg.spawn_method.error.startswith("spawn_method='bogus' is not valid: expected ")
+    cfg.set("preloader_idle_timeout", -1)
+    assert isinstance(cfg.preloader_idle_timeout, Refused) and "preloader_idle_timeout" in cfg.preloader_idle_timeout.error
 
 
 def test_each_config_gets_its_own_values() -> None:

@@ -211,9 +211,13 @@ def test_the_plugin_checks_are_the_plugin_settings_an_app_may_set() -> None:
 
 
 def _global(name: str, value: Any) -> Any:
+    """The value as a run with the plugin's worker sees it: a refusal kept by the Config is raised."""
     cfg = Config()
     cfg.set(name, value)
-    return getattr(cfg, name)
+    result = getattr(cfg, name)
+    if isinstance(result, v.Refused):
+        raise ConfigError(result.error)
+    return result
 
 
 def _app(name: str, value: Any) -> Any:

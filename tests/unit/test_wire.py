@@ -101,7 +101,7 @@ def test_header_is_big_endian_u32_of_the_json_length() -> None:
 
 
 def test_float_field_accepts_a_json_integer() -> None:
-    message = decode_body(b'{"type": "PreloaderReady", "pid": 5, "load_seconds": 2}')
+    message = decode_body(b'{"type": "PreloaderReady", "pid": 5, "load_seconds": 2, "code": ""}')
     assert message == PreloaderReady(pid=5, load_seconds=2.0)
 
 
@@ -569,9 +569,9 @@ def test_close_closes_the_descriptor_of_a_frame_not_complete_yet(channels: tuple
     [
         b'{"type":"WorkerSpawned","age":1,"pid":0,"fork_ms":1.0}',
         b'{"type":"WorkerSpawned","age":1,"pid":-1,"fork_ms":1.0}',
-        b'{"type":"PreloaderReady","pid":1,"load_seconds":1.0}',
+        b'{"type":"PreloaderReady","pid":1,"load_seconds":1.0,"code":""}',
         b'{"type":"SpawnWorker","age":0}',
-        b'{"type":"PreloaderReady","pid":42,"load_seconds":NaN}',
+        b'{"type":"PreloaderReady","pid":42,"load_seconds":NaN,"code":""}',
     ],
 )
 def test_values_a_master_would_act_on_are_range_checked(frame):
@@ -786,7 +786,7 @@ def test_oversize_event_frame_is_refused_from_its_length_alone(channels: tuple[C
 
 def test_a_trickled_frame_buffers_at_most_one_event_frame(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
-    data = padded(b'{"type":"PreloaderReady","pid":42,"load_seconds":0.5}', MAX_EVENT_FRAME)
+    data = padded(b'{"type":"PreloaderReady","pid":42,"load_seconds":0.5,"code":""}', MAX_EVENT_FRAME)
     for start in range(0, len(data) - 1, 4096):
         preloader.sock.sendall(data[start : min(start + 4096, len(data) - 1)])
         assert master.receive() == []

@@ -35,7 +35,7 @@ def _forge():
     (length,) = struct.unpack("!I", data[:4])
     request = json.loads(data[4 : 4 + length])
     # it claims to be ready (answers come only from a ready preloader), then answers the request
-    for body in ({"type": "PreloaderReady", "pid": os.getpid(), "load_seconds": 0.1},
+    for body in ({"type": "PreloaderReady", "pid": os.getpid(), "load_seconds": 0.1, "code": ""},
                  {"type": "WorkerSpawned", "age": request["age"], "pid": int(os.environ["VICTIM_PID"]), "fork_ms": 1.0}):
         frame = json.dumps(body).encode()
         channel.sendall(struct.pack("!I", len(frame)) + frame)
