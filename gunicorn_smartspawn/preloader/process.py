@@ -141,6 +141,7 @@ class Preloader:
                 leave(PRELOADER_EXIT_OK)
 
     def _load(self) -> bool:
+        inherited = set(sys.modules)  # the master's: what the app's import adds is what counts
         if self.gc_freeze:
             gc.disable()
         started = time.perf_counter()
@@ -165,7 +166,7 @@ class Preloader:
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
         )
-        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint()))
+        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
         return True
 
     def _import(self) -> str | None:
@@ -282,14 +283,18 @@ def _exit_on_sigterm(sig: int, frame: Any) -> None:
     os._exit(PRELOADER_EXIT_OK)
 
 
-def code_fingerprint() -> str:
-    """A digest of every imported module's file (path, size, mtime): what code this process runs.
+def code_fingerprint(inherited: set[str] | frozenset[str] = frozenset()) -> str:
+    """A digest of the files of the modules the app's import brought in (path, size, mtime).
 
-    Two preloaders of one app with the same digest imported the same files;
-    a different digest means the files on disk changed in between.
+    Modules the preloader inherited from the master are left out (the master
+    imports some of its own lazily, so they differ from one fork to the next).
+    Two preloaders of one app with the same digest imported the same files; a
+    different digest means the files on disk changed in between.
     """
     digest = hashlib.blake2b(digest_size=16)
     for name, module in sorted(sys.modules.items()):
+        if name in inherited:
+            continue
         path = getattr(module, "__file__", None)
         if not isinstance(path, str):
             continue
