@@ -35,6 +35,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF_DIR = os.path.join(REPO_ROOT, "benchmarks", "conf")
 HEAVY_APP = "benchmarks.heavy_app.wsgi:application"
 HELLO_APP = "benchmarks.hello_app:application"
+# The same heavy app served through Django's ASGI handler (asgi_models.py)
+HEAVY_ASGI_APP = "benchmarks.heavy_app.asgi:application"
 
 HEALTH_PATH = "/health"
 HOLD_PATH = "/_bench/hold?seconds=120"
@@ -150,6 +152,32 @@ DYNAMIC_ARGS = ("--min-workers", "1", "--max-workers", str(DYNAMIC_MAX),
 # so that one decision can take it from 1 to 8 (the default step is 1 a second)
 UWSGI_CHEAPER_ARGS = ("--cheaper", "1", "--cheaper-initial", "1", "--cheaper-overload", "1",
                       "--cheaper-step", str(DYNAMIC_MAX - 1))
+
+
+def asgi_worker_class():
+    """The ASGI request model of the *-asgi variants: uvicorn-worker's
+    ``uvicorn_worker.UvicornWorker`` when it is installed (it runs on every
+    gunicorn the plugin supports), else gunicorn's native ``asgi`` worker
+    when this gunicorn has one, else None (the ASGI variants are skipped)."""
+    import importlib.util
+    if importlib.util.find_spec("uvicorn_worker") is not None:
+        return "uvicorn_worker.UvicornWorker"
+    spec = importlib.util.find_spec("gunicorn")
+    if spec is not None and spec.origin and os.path.exists(
+            os.path.join(os.path.dirname(spec.origin), "workers", "gasgi.py")):
+        return "asgi"
+    return None
+
+
+ASGI_WORKER = asgi_worker_class() or "uvicorn_worker.UvicornWorker"
+ASGI_VARIANTS = ("smart-asgi", "direct-asgi", "stock-asgi", "stock-preload-asgi")
+
+
+def variant_app(name, default=HEAVY_APP):
+    """The app a variant serves by default: the ASGI heavy app for *-asgi."""
+    return HEAVY_ASGI_APP if name in ASGI_VARIANTS else default
+
+
 # Scale to zero: no worker kept; a worker idle for 1 s is stopped (max_workers
 # defaults to -w, 1 in wake.py)
 SCALE_TO_ZERO_ARGS = ("--min-workers", "0", "--worker-idle-timeout", "1")
@@ -188,6 +216,17 @@ VARIANTS = {v.name: v for v in [
     Variant("smart-zero-cold", "smartspawn smart, scale to zero, preloader idled out too",
             "gunicorn", (*PLUGIN, "--spawn-method=smart", *SCALE_TO_ZERO_ARGS,
                          "--preloader-idle-timeout", "1"), plugin=True),
+    # ASGI (asgi_models.py): the same request model everywhere, ASGI_WORKER
+    Variant("smart-asgi", "smartspawn smart, %s" % ASGI_WORKER, "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", "--smart-worker-class", ASGI_WORKER),
+            plugin=True),
+    Variant("direct-asgi", "smartspawn direct, %s" % ASGI_WORKER, "gunicorn",
+            (*PLUGIN, "--spawn-method=direct", "--smart-worker-class", ASGI_WORKER),
+            plugin=True),
+    Variant("stock-asgi", "gunicorn -k %s" % ASGI_WORKER, "gunicorn",
+            ("-k", ASGI_WORKER), stock=True),
+    Variant("stock-preload-asgi", "gunicorn -k %s --preload" % ASGI_WORKER, "gunicorn",
+            ("-k", ASGI_WORKER, "--preload"), stock=True),
     Variant("fork-floor", "bare os.fork() floor", "floor"),
 ]}
 

@@ -89,6 +89,9 @@ class Options:
     drive_timeout: float = 300.0
     isolate_stock: bool = True
     show_commands: bool = False
+    # the request that runs gc.collect() in a worker and keeps it from accepting
+    # (asgi_models.py: /_bench/block, which blocks an event loop)
+    collect_path: str = "/_bench/hold?seconds=5&collect=1"
 
 
 def request_paths(rng):
@@ -169,15 +172,15 @@ def drive(port, expected, per_worker, clients, timeout):
             "n_bad_status": len(bad), "complete": complete}
 
 
-def collect_in_every_worker(server, workers, timeout):
+def collect_in_every_worker(server, workers, timeout,
+                            path="/_bench/hold?seconds=5&collect=1"):
     """Make each worker run one full ``gc.collect()``: hold requests with
     ``collect=1``, one at a time, each worker kept busy so that the next
     request goes to another; returns {pid: objects collected}."""
     holds, collected = [], {}
     try:
         for _ in workers:
-            held = harness.open_hold(server.port, timeout,
-                                     path="/_bench/hold?seconds=5&collect=1")
+            held = harness.open_hold(server.port, timeout, path=path)
             if held is None:
                 raise SampleError("%s: no hold endpoint" % server.name, server.log())
             holds.append(held[0])
@@ -258,7 +261,7 @@ def memory_sample(variant, opts, tmpdir):
                               % (variant, workers, server.worker_pids()), server.log())
         server.settle()
         after = snapshot(server, workers)
-        collect_in_every_worker(server, workers, timeout=60)
+        collect_in_every_worker(server, workers, timeout=60, path=opts.collect_path)
         server.settle()
         collected = snapshot(server, workers)
         server.check_undisturbed([])

@@ -179,6 +179,15 @@ def evaluate(results):
                   results, "surge", "direct/smart", 10, "direct / smart ="),
     ]
     out += evaluate_pool(results)
+    if "asgi" in results["pieces"]:  # only runs that asked for the ASGI piece
+        out += [
+            _at_least("asgi-spawn", "ASGI (%s): smart spawn at least 40× faster than direct"
+                      % harness.ASGI_WORKER, results, "asgi", "spawn:direct-asgi/smart-asgi",
+                      40, "direct / smart ="),
+            _at_most("asgi-memory", "ASGI (%s): smart total PSS at most 0.5× direct (8 workers)"
+                     % harness.ASGI_WORKER, results, "asgi", "memory:smart-asgi/direct-asgi",
+                     0.5, "smart / direct ="),
+        ]
     return out
 
 
@@ -330,6 +339,8 @@ def explain(tid, results):
                 % (sec(results["meta"].get("app_import_s")), ms(direct.get("median")),
                    ms(smart.get("median")), ratio_cell(spawn["ratios"].get("direct/smart"))))
         return " ".join(parts)
+    if tid in ("asgi-spawn", "asgi-memory"):
+        return _explain_asgi(tid, results)
     if tid == "memory-freeze":
         smart, rec = _mem_run(results, "smart"), _mem_run(results, "stock-preload-freeze")
         if not smart or not rec:
@@ -454,6 +465,36 @@ def explain(tid, results):
     if tid in ("wake-preloader", "wake-cold"):
         return _explain_wake(tid, results)
     return ""
+
+
+def _explain_asgi(tid, results):
+    p = piece(results, "asgi")
+    if not p:
+        return ""
+    if tid == "asgi-spawn":
+        s = p["spawn"]["summary"]
+        smart, direct, pre = (s.get(v) or {} for v in ("smart-asgi", "direct-asgi",
+                                                       "stock-preload-asgi"))
+        if not smart or not direct:
+            return ""
+        goal = direct["median"] / 40
+        return ("Direct spawning imports the app in the new worker (median %s); 40× below "
+                "that is %s, while a smart ASGI spawn took %s. Stock gunicorn `--preload` "
+                "with the same worker class, whose worker also forks with the app already "
+                "imported, took %s: most of a smart ASGI spawn is the request model's own "
+                "start after the fork (a new event loop, uvicorn's server start-up, the first "
+                "request through Django's ASGI handler and its thread), not the import, so a "
+                "faster spawn needs a cheaper worker start, not a faster fork."
+                % (ms(direct["median"]), ms(goal), ms(smart["median"]),
+                   ms(pre.get("median"))))
+    m = p["memory"]["summary"]
+    smart, direct = m.get("smart-asgi"), m.get("direct-asgi")
+    if not smart or not direct:
+        return ""
+    return ("Smart total PSS %s against direct %s; every worker's private memory (median "
+            "%s smart) is what keeps the ratio up." % (
+                mib(smart["total_pss"]["median"]), mib(direct["total_pss"]["median"]),
+                mib(smart["worker_private"]["median"])))
 
 
 def _ordinal(n):
@@ -911,6 +952,31 @@ def section_overhead(results):
     return out
 
 
+def section_asgi(results):
+    p = results["pieces"].get("asgi")
+    if p is None:
+        return []  # not asked for: no section
+    out = ["## ASGI: spawn time and memory (heavy app over ASGI)", ""]
+    skip = _skipped_line(results, "asgi")
+    if skip:
+        return out + [skip]
+    mem = p["memory"]
+    rows = []
+    for v in p["variants"]:
+        s, m = p["spawn"]["summary"].get(v), mem["summary"].get(v)
+        rows.append(["`%s`" % v, "`%s`" % p["commands"][v].split(" -w ")[0],
+                     spread(s, ms), spread(m and m["total_pss"], mib),
+                     spread(m and m["worker_private"], mib)])
+    out.append(table(["variant", "command", "spawn one worker",
+                      "total PSS, %d workers" % mem["workers"], "worker private"], rows))
+    if p["ratios"]:
+        out += ["", "Ratios, round by round:", ""]
+        out.append(table(["ratio", "value"],
+                         [[k, ratio_cell(s)] for k, s in p["ratios"].items()]))
+    out += ["", _notes(p), _failures(p)]
+    return out
+
+
 def section_surge(results):
     p = results["pieces"].get("surge")
     out = ["## Surge: from 1 worker to %s" % (p.get("target", 8) if p else 8), ""]
@@ -1216,7 +1282,7 @@ def build_markdown(results, chart=None):
                "load average before and after it; every comparison is made within one round, "
                "variants interleaved.")
     for section in (section_spawn, section_boot, section_memory, section_overhead, section_surge,
-                    section_surge_dynamic, section_wake, section_idle_memory):
+                    section_surge_dynamic, section_wake, section_idle_memory, section_asgi):
         out += [""] + section(results)
     if results.get("leftovers"):
         out += ["", "**Processes left behind by this run (killed at the end):** %s"
@@ -1232,7 +1298,7 @@ def _commands():
     for name, v in harness.VARIANTS.items():
         if v.kind == "floor":
             continue
-        s = harness.Server(v, harness.HEAVY_APP, workers=4, tmpdir="/tmp", port=8000)
+        s = harness.Server(v, harness.variant_app(name), workers=4, tmpdir="/tmp", port=8000)
         out.append("- `%s`: `%s`" % (name, s.display_command()))
     out.append("- `fork-floor`: a Python process that imported the app calls `os.fork()`; "
                "time to the child's first statement")

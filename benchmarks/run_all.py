@@ -1,6 +1,6 @@
 """Run every benchmark and write the report: ``python -m benchmarks``.
 
-    python -m benchmarks                  # full run, ~15 min on 2 cores: docs/benchmarks.{md,png}
+    python -m benchmarks                  # full run, ~18 min on 2 cores: docs/benchmarks.{md,png}
     python -m benchmarks --quick          # smoke run (~75 s), output to a temp dir
     python -m benchmarks --pieces spawn,memory --out-dir /tmp/b
 
@@ -8,7 +8,10 @@ Pieces (each also runs alone, see its module): spawn (``spawn_time.py``),
 boot (``boot_time.py``), memory (``memory_usage.py``), overhead
 (``overhead.py``, needs ``wrk``), surge (``surge.py``), and the dynamic
 pool's: surge-dynamic (``surge_dynamic.py``), wake (``wake.py``),
-idle-memory (``idle_memory.py``).  uWSGI variants run
+idle-memory (``idle_memory.py``); asgi (``asgi_models.py``: the heavy app
+over ASGI, spawn time and memory of smart, direct and stock gunicorn with
+the same worker class, uvicorn-worker's; a ``--quick`` run measures only
+smart-asgi and says so).  uWSGI variants run
 where ``pyuwsgi`` imports; the overhead piece runs where ``wrk`` is found
 (a full run installs it with apt-get when it can, ``--no-install`` not).
 Whatever is skipped is said so in the output and in the report.
@@ -34,10 +37,12 @@ import traceback
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import (boot_time, harness, idle_memory, memory_usage,  # noqa: E402
-                        overhead, report, spawn_time, surge, surge_dynamic, wake)
+from benchmarks import (asgi_models, boot_time, harness, idle_memory,  # noqa: E402
+                        memory_usage, overhead, report, spawn_time, surge, surge_dynamic,
+                        wake)
 
-PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake", "idle-memory"]
+PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake", "idle-memory",
+          "asgi"]
 
 # Sizes of a full run and of a --quick smoke run.
 FULL = {
@@ -58,6 +63,9 @@ FULL = {
     "wake": {"parts": wake.PARTS, "runs": 3, "cycles": 2},
     "idle-memory": {"configs": idle_memory.DEFAULT_CONFIGS, "runs": 1, "apps": 3,
                     "requests": 200},
+    # the heavy app over ASGI (asgi_models.py): spawn rounds, memory rounds
+    "asgi": {"variants": list(asgi_models.DEFAULT_VARIANTS), "runs": 5, "memory_runs": 1,
+             "workers": 8, "requests": 500},
 }
 QUICK = {
     "spawn": {"variants": ["smart", "direct", "stock-preload", "fork-floor", "uwsgi"],
@@ -77,6 +85,13 @@ QUICK = {
     "wake": {"parts": wake.WAKE_VARIANTS, "runs": 1, "cycles": 1},
     "idle-memory": {"configs": ["zero-preloaders", "one-worker"], "runs": 1, "apps": 2,
                     "requests": 20},
+    # ASGI: all four variants once would add about 30 s (two servers that import the
+    # app in every worker); the smoke run spawns and measures smart-asgi only
+    "asgi": {"variants": ["smart-asgi"], "runs": 1, "memory_runs": 1, "workers": 2,
+             "requests": 20,
+             "skipped": "--quick runs smart-asgi only (one spawn, 2 workers' memory): "
+                        "direct-asgi, stock-asgi and stock-preload-asgi are skipped to keep "
+                        "the smoke run short, so the ASGI targets are n/a"},
 }
 
 
@@ -123,6 +138,10 @@ def run_piece(name, plan, env, tmpdir, done=None):
     if name == "idle-memory":
         opts = idle_memory.Options(app=app, apps=plan["apps"], requests=plan["requests"], **common)
         return idle_memory.run(plan["configs"], plan["runs"], opts, tmpdir)
+    if name == "asgi":
+        opts = asgi_models.Options(workers=plan["workers"], requests=plan["requests"], **common)
+        return asgi_models.run(plan["variants"], plan["runs"], opts, tmpdir,
+                               memory_runs=plan["memory_runs"])
     raise ValueError(name)
 
 
@@ -179,6 +198,14 @@ def main(argv=None):
     if not uwsgi_ok:
         skipped["uwsgi"] = "uWSGI variants skipped: %s" % uwsgi_msg
         print(skipped["uwsgi"])
+    if "asgi" in pieces:
+        asgi_ok, asgi_msg = asgi_models.available()
+        if not asgi_ok:
+            skipped["asgi"] = "ASGI piece skipped: %s" % asgi_msg
+        elif plan["asgi"].get("skipped"):
+            skipped["asgi"] = "ASGI piece: %s" % plan["asgi"]["skipped"]
+        if "asgi" in skipped:
+            print(skipped["asgi"])
     wrk, wrk_message = (None, "not needed")
     if "overhead" in pieces:
         wrk, wrk_message = overhead.ensure_wrk(install=not args.quick and not args.no_install)

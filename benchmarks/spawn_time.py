@@ -110,6 +110,7 @@ class Options:
     retries: int = 2
     isolate_stock: bool = True
     show_commands: bool = False
+    hold_path: str = harness.HOLD_PATH  # asgi_models.py: /_bench/block (event loop)
 
 
 # --------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def breakdown_sample(variant, opts, tmpdir):
     try:
         server.start()
         server.wait_ready(opts.start_timeout)
-        hold, held_pid = harness.open_hold(server.port, timeout=opts.start_timeout)
+        hold, held_pid = harness.open_hold(server.port, timeout=opts.start_timeout,
+                                           path=opts.hold_path)
         server.known_pids.add(held_pid)
         server.settle()
         r = measure_spawn(server, opts.timeout)
@@ -235,7 +237,8 @@ def server_sample(variant, opts, tmpdir):
         ready_at = time.monotonic()
         mode = opts.probe
         if mode == "hold":
-            held = harness.open_hold(server.port, timeout=opts.start_timeout)
+            held = harness.open_hold(server.port, timeout=opts.start_timeout,
+                                     path=opts.hold_path)
             if held is None:
                 mode = "poll (no hold endpoint)"
             else:

@@ -13,6 +13,8 @@ urlpatterns = [
     path("health/", views.health),
     # Benchmark helper: keeps a (sync) worker busy; see views.hold.
     path("_bench/hold", views.hold, name="hold"),
+    # Benchmark helper: blocks an ASGI worker's event loop; see views.block.
+    path("_bench/block", views.block, name="block"),
     # Benchmark helper: a view that sleeps ?ms= milliseconds; see views.sleep.
     path("_bench/sleep", views.sleep, name="sleep"),
 ]

@@ -124,3 +124,37 @@ def hold(request):
     response = StreamingHttpResponse(body(), content_type="text/plain")
     response["X-Worker-Pid"] = str(pid)
     return response
+
+
+def block(request):
+    """Benchmark helper for event-loop workers (ASGI): stream one line, then
+    block the worker's event loop.
+
+    ``GET /_bench/block?seconds=S`` (S <= 25, default 10; below gunicorn's
+    default 30 s worker timeout) answers at once with a first line ``{"pid":
+    ...}``, then sleeps S seconds *in the event loop* (a blocking
+    ``time.sleep`` inside the async response iterator) before finishing.  An
+    ASGI worker serves many requests at once, so ``/_bench/hold`` (a sleep in
+    a thread) does not stop it from accepting; this does: while its loop is
+    blocked the worker accepts no connection, which is what spawn_time.py's
+    "hold" probe mode and memory_usage.py's one-collection-per-worker step
+    need (asgi_models.py).  ``collect=1``: a full ``gc.collect()`` first.
+    Served through WSGI it merely behaves like ``/_bench/hold``.
+    """
+    try:
+        seconds = min(float(request.GET.get("seconds", "10")), 25.0)
+    except ValueError:
+        seconds = 10.0
+    pid = os.getpid()
+    collected = gc.collect() if request.GET.get("collect") == "1" else None
+    first = ('{"pid": %d, "collected": %s}\n'
+             % (pid, "null" if collected is None else collected)).encode("ascii")
+
+    async def body():
+        yield first
+        time.sleep(seconds)  # deliberately blocking: the whole loop waits
+        yield b"done\n"
+
+    response = StreamingHttpResponse(body(), content_type="text/plain")
+    response["X-Worker-Pid"] = str(pid)
+    return response
