@@ -29,14 +29,16 @@ MAX_STATUS = 400
 
 
 def app_state(pool: Any, removed: bool = False) -> tuple[bool, str]:
-    """(settled, words) for one app: settled once it serves in its current generation, or failed."""
+    """(settled, words) for one app: settled once all its workers serve in its current generation, or it failed."""
     if removed:
         return True, "removed, draining"
     serving = sum(1 for w in pool.workers.values() if w.ready and not w.retiring and w.generation == pool.generation)
     switching = pool.reload_requested or pool.candidate is not None
-    if serving and not switching:
+    if serving and serving >= pool.target and not switching:  # all its workers, not the first one
         return True, f"{serving} worker{'s' if serving != 1 else ''} serving"
     if pool.failures and not switching:
+        if serving:
+            return True, f"{serving} of {pool.target} workers serving, failing: {pool.last_error or 'see the log'}"
         return True, f"failed: {pool.last_error or 'see the log'}"
     if pool.target == 0 and not pool.workers and not switching:
         return True, "no worker (scaled to zero)"

@@ -369,7 +369,12 @@ def test_ready_says_whether_every_app_serves(handlers: CommandHandlers) -> None:
     pool.workers.clear()
     answer = handlers.ready({"command": "ready"})
     assert answer["ready"] is False and answer["apps"]["shop"] == "starting"
+    pool.target = 2
     pool.worker_started(901, 1, 0.0)
     pool.worker_ready(901)
+    assert handlers.ready({"command": "ready"})["apps"]["shop"] == "starting"  # one of two: not yet
+    pool.worker_started(902, 2, 0.0)
+    pool.worker_ready(902)
     answer = handlers.ready({"command": "ready"})
-    assert answer["apps"]["shop"] == "1 worker serving"
+    assert answer["apps"]["shop"] == "2 workers serving"
+    assert answer["ready"] is all(words.endswith("serving") for words in answer["apps"].values())
