@@ -6,7 +6,7 @@ worker_class = "smartspawn.Worker"
 spawn_method = "smart"          # or "direct"
 workers = 4
 bind = "127.0.0.1:8000"
-preloader_idle_timeout = 300    # seconds; 0 keeps the preloader forever
+# preloader_idle_timeout = 300  # unset: 0 (kept) for this fixed pool; 300 for a dynamic one (min_workers/max_workers)
 gc_freeze = True
 
 
