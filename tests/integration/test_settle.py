@@ -57,7 +57,7 @@ def test_an_app_that_ignores_sigchld_at_import_does_not_break_double_fork_spawni
         server_pid_before = set(server.workers())
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(set(server.workers()) - server_pid_before) >= 1 and len(server.workers()) == 2, 20, "respawn")
-    assert server.preloaders() == [preloader], "the preloader survived every spawn"
+    wait_for(lambda: server.preloaders() == [preloader], 5, "the preloader, alive after every spawn")
     time.sleep(1.0)  # a window to see growth, not synchronisation
     assert len(server.workers()) == 2
     assert "crashed" not in server.log()
