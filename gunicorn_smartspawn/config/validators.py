@@ -54,6 +54,18 @@ def deferred(validate: Check) -> Check:
     return check_later
 
 
+def for_setting(name: str, checker: Check | None = None) -> Check:
+    """The validator of setting ``name``: its check (by default the one the ``apps`` table uses too),
+    raising a ConfigError that names the setting."""
+    chosen = checker or PLUGIN_CHECKS[name]
+
+    def validate(value: Any) -> Any:
+        return check(name, chosen, value)
+
+    validate.__name__ = f"validate_{name}"
+    return validate
+
+
 def check(where: str, checker: Check, value: Any) -> Any:
     """``checker(value)``, or a ConfigError ``{where}={value!r} is not valid: expected ...``."""
     try:

@@ -8,24 +8,13 @@ docs/pool.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from gunicorn.config import Setting
 
 from gunicorn_smartspawn.config import validators
 from gunicorn_smartspawn.hook.state import Explicit
 
-SECTION = "Smart Spawning"
-
-
-def _validator(name: str, checker: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
-    check = checker or validators.PLUGIN_CHECKS[name]
-
-    def validate(value: Any) -> Any:
-        return validators.check(name, check, value)
-
-    return validate
+SECTION = "Smart Spawning"  # (hook/settings.py's; not imported from there: it imports this module)
+_validator = validators.for_setting
 
 
 class MinWorkers(Explicit, Setting):  # type: ignore[misc]

@@ -11,7 +11,6 @@ on they behave like gunicorn's own: command-line flags listed in
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any, Final
 
 from gunicorn.config import Setting
@@ -25,15 +24,7 @@ SMART_FORKS: Final = validators.SMART_FORKS
 FORK_SAFETY_MODES: Final = validators.FORK_SAFETY_MODES
 
 
-def _validator(name: str) -> Callable[[Any], Any]:
-    """The setting's validator: the one check shared with the ``apps`` table, naming ``name``."""
-    checker = validators.PLUGIN_CHECKS[name]
-
-    def validate(value: Any) -> Any:
-        return validators.check(name, checker, value)
-
-    validate.__name__ = f"validate_{name}"
-    return validate
+_validator = validators.for_setting
 
 
 validate_spawn_method = _validator("spawn_method")
