@@ -70,6 +70,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self.started_at = time.time()
         self._service_factories = list(services)
         self.services: list[Service] = []
+        #: start() is done: a hook (when_ready) that asks for a worker before then only raises the count
+        self.started = False
         self._reported_failure: dict[str, tuple[int, str | None]] = {}
         self._added: set[str] = set()  # apps new in the last (re)load
         self.apps: AppTable
@@ -127,6 +129,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             for spec in self.apps.specs.values():
                 spec.listeners = list(self.LISTENERS)
         self.services = [factory(self) for factory in self._service_factories]
+        self.started = True
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -272,7 +275,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             pool.target += 1
         else:
             self.num_workers += 1  # the one-app pool follows gunicorn's count
-        self.manage_workers()
+        if self.started:  # from when_ready the listeners are not handed to the app yet
+            self.manage_workers()
 
     def kill_worker(self, pid: int, sig: int) -> None:
         child = self.children.get(pid)

@@ -395,3 +395,20 @@ def test_preload_added_to_a_direct_config_is_ignored_on_hup(server_factory, tmp_
 def test_reload_flag_with_smart_spawning_warns(server_factory):
     server = server_factory(*SMART, "-w", "1", "--reload", "probe_app:app")
     server.wait_log("reload=True (--reload) restarts workers from the preloader")
+
+
+@MODES
+def test_spawn_worker_from_a_hook_grows_the_pool_by_one(server_factory, tmp_path, mode):
+    # docs/hooks.md: stock forks one worker and returns its pid; here the call asks for
+    # one more worker (as TTIN does) and returns None, and the pool keeps it
+    log = tmp_path / "hooks.jsonl"
+    server = server_factory(*mode, "-w", "2", "-c", str(APPS / "spawn_worker_conf.py"), "probe_app:app",
+                            env={"HOOK_LOG": str(log)})
+    wait_for(lambda: hook_log(log), what="when_ready called spawn_worker()")
+    assert hook_log(log) == [{"hook": "spawn_worker", "returned": None}]
+    workers = server.wait_workers(3)
+    assert server.pids_answering(set(workers)) == set(workers)
+    # the third worker is part of the pool: a killed one is replaced, the count stays 3
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: len(server.workers()) == 3 and workers[0] not in server.workers(), timeout=20,
+             what="the killed worker replaced, three workers")
