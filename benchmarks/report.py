@@ -9,7 +9,7 @@ built from the run's own figures.
 import datetime
 import statistics
 
-from benchmarks import harness
+from benchmarks import harness, lead_targets
 
 MiB = 1024 * 1024
 
@@ -179,6 +179,7 @@ def evaluate(results):
                   results, "surge", "direct/smart", 10, "direct / smart ="),
     ]
     out += evaluate_pool(results)
+    out += lead_targets.evaluate(results)
     if "asgi" in results["pieces"]:  # only runs that asked for the ASGI piece
         out += [
             _at_least("asgi-spawn", "ASGI (%s): smart spawn at least 40× faster than direct"
