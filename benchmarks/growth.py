@@ -83,6 +83,7 @@ def spawn_phase(opts, tmpdir, failures):
     samples = {s: {v: [] for v in opts.spawn_variants} for s in opts.sizes}
     rounds = {s: [] for s in opts.sizes}
     imports = {s: [] for s in opts.sizes}
+    forks = {s: [] for s in opts.sizes}  # the plugin's own "forked in X ms" (smart)
     for rnd in range(opts.runs):
         for size in opts.sizes:
             sopts = spawn_time.Options(app=SIZED_APP, env={SIZE_ENV: str(size)},
@@ -108,6 +109,8 @@ def spawn_phase(opts, tmpdir, failures):
                 samples[size][variant].append(r["ms"])
                 if floor and "import_s" in r:
                     imports[size].append(r["import_s"])
+                if r.get("fork_ms") is not None:
+                    forks[size].append(r["fork_ms"])
             rounds[size].append(this)
     out = []
     for size in opts.sizes:
@@ -120,7 +123,8 @@ def spawn_phase(opts, tmpdir, failures):
                     "summary": {v: harness.summarize(samples[size][v])
                                 for v in opts.spawn_variants},
                     "ratios": ratios, "rounds": rounds[size],
-                    "import_s": harness.summarize(imports[size])})
+                    "import_s": harness.summarize(imports[size]),
+                    "smart_fork_ms": harness.summarize(forks[size])})
     return out
 
 

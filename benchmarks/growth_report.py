@@ -47,7 +47,9 @@ def _busy_line(p, cpus):
 
 def _spawn_table(p):
     variants = p["spawn_variants"]
-    header = ["app size", "holder RSS¹", "page tables¹"] + [LABELS.get(v, v) for v in variants]
+    forks = any(e.get("smart_fork_ms") for e in p["spawn"])
+    header = (["app size", "holder RSS¹", "page tables¹"] + [LABELS.get(v, v) for v in variants]
+              + (["smart: fork in the preloader²"] if forks else []))
     keys = [k for k in ("smart/stock-preload", "smart/fork-floor")
             if any(k in e["ratios"] for e in p["spawn"])]
     header += [k.replace("stock-preload", "stock --preload").replace("fork-floor", "floor")
@@ -57,6 +59,7 @@ def _spawn_table(p):
         h = _holder(p, e["size_mb"]) or _holder(p, e["size_mb"], "stock-preload-freeze") or {}
         rows.append([size_label(e["size_mb"]), mib(h.get("rss")), mib(h.get("page_tables"))]
                     + [spread(e["summary"].get(v), ms) for v in variants]
+                    + ([spread(e.get("smart_fork_ms"), ms, bold=False)] if forks else [])
                     + [ratio_cell(e["ratios"].get(k)) for k in keys])
     return table(header, rows)
 
@@ -84,41 +87,64 @@ def _memory_table(p):
     return table(header, rows)
 
 
+def _range(a, b):
+    """'X' when both format alike, else 'X to Y'."""
+    return mib(a) if mib(a) == mib(b) else "%s to %s" % (mib(a), mib(b))
+
+
 def _growth_text(p):
-    """Sentences on the trend, from the figures: spawn time and per-worker PSS
-    from the smallest to the largest size."""
+    """Sentences on the trend, from the figures: spawn time and the PSS each
+    worker adds, from the smallest to the largest size."""
     out = []
-    spawn = [e for e in p["spawn"] if e["summary"]]
+    spawn = [e for e in p["spawn"] if any(e["summary"].values())]
     if len(spawn) >= 2:
-        lo, hi = spawn[0], spawn[-1]
-        parts = []
-        for v in p["spawn_variants"]:
-            a, b = lo["summary"].get(v), hi["summary"].get(v)
-            if a and b:
-                parts.append("%s %s → %s" % (LABELS.get(v, v), ms(a["median"]), ms(b["median"])))
-        ha, hb = _holder(p, lo["size_mb"]) or {}, _holder(p, hi["size_mb"]) or {}
-        pte = ""
-        if ha.get("page_tables") and hb.get("page_tables"):
-            pte = (" while the forking process's page tables grew from %s to %s"
-                   % (mib(ha["page_tables"]), mib(hb["page_tables"])))
-        if parts:
-            out.append("From %s to %s%s, the median spawn time went: %s. Every one of them is a "
-                       "fork, which copies the parent's page tables, so each grows with the app; "
-                       "smart spawning adds a constant (its message to the preloader, the "
-                       "worker's start and first request), not a per-MiB cost."
-                       % (size_label(lo["size_mb"]), size_label(hi["size_mb"]), pte,
-                          "; ".join(parts)))
+        out.append(_spawn_trend(p, spawn[0], spawn[-1]))
+    added = {}
     for v in p["memory_variants"]:
-        added = [(e["size_mb"], x["added_per_worker"]) for e in p["memory"]
-                 if e["variants"].get(v) for x in e["variants"][v]["points"][1:]]
-        if added:
-            vals = [a for _, a in added]
-            out.append("%s: each added worker costs %s to %s of PSS, for apps from %s to %s: "
-                       "the app's pages are counted once, in the process that holds it, "
-                       "however many workers share them."
-                       % (LABELS.get(v, v), mib(min(vals)), mib(max(vals)),
-                          size_label(p["sizes"][0]), size_label(p["sizes"][-1])))
+        vals = [x["added_per_worker"] for e in p["memory"] if e["variants"].get(v)
+                for x in e["variants"][v]["points"][1:]]
+        if vals:
+            added[v] = (min(vals), max(vals))
+            out.append("%s: each added worker costs %s of PSS, for apps from %s to %s "
+                       "and from %s to %s workers: the app's pages are counted once, in the "
+                       "process that holds them, however many workers share them."
+                       % (LABELS.get(v, v), _range(min(vals), max(vals)),
+                          size_label(p["sizes"][0]), size_label(p["sizes"][-1]),
+                          min(p["workers"]), max(p["workers"])))
+    if "smart" in added and len(added) == 2:
+        other = [v for v in added if v != "smart"][0]
+        masters = [e["variants"]["smart"]["points"][0]["master_pss"] for e in p["memory"]
+                   if e["variants"].get("smart")]
+        out.append("Smart's workers add %s more each than those of %s, and its totals "
+                   "include a master of its own (%s of PSS) that stock gunicorn does without: "
+                   "its master is the process that holds the app."
+                   % (_range(added["smart"][0] - added[other][0],
+                             added["smart"][1] - added[other][1]),
+                      "`%s`" % LABELS.get(other, other), _range(min(masters), max(masters))))
     return out
+
+
+def _spawn_trend(p, lo, hi):
+    parts = []
+    for v in p["spawn_variants"]:
+        a, b = lo["summary"].get(v), hi["summary"].get(v)
+        if a and b:
+            parts.append("%s %s → %s (%+.0f ms)" % (LABELS.get(v, v), ms(a["median"]),
+                                                    ms(b["median"]), b["median"] - a["median"]))
+    ha, hb = _holder(p, lo["size_mb"]) or {}, _holder(p, hi["size_mb"]) or {}
+    pte = ""
+    if ha.get("page_tables") and hb.get("page_tables"):
+        pte = (" (page tables of the forking process %s → %s)"
+               % (mib(ha["page_tables"]), mib(hb["page_tables"])))
+    text = ("From %s to %s%s, the median spawn time went: %s. Each is a fork, which copies "
+            "the parent's page tables and takes a reference on every page it maps, so each "
+            "grows with the app." % (size_label(lo["size_mb"]), size_label(hi["size_mb"]), pte,
+                                     "; ".join(parts)))
+    fa, fb = lo.get("smart_fork_ms"), hi.get("smart_fork_ms")
+    if fa and fb:
+        text += (" The clone inside smart's preloader, by the plugin's own log, went %s → %s."
+                 % (ms(fa["median"]), ms(fb["median"])))
+    return text
 
 
 def section(results, chart=None, heading=None):
@@ -138,7 +164,10 @@ def section(results, chart=None, heading=None):
                "round." % p["runs"])
     out += ["", _spawn_table(p), "",
             "¹ RSS and page tables (VmPTE) of the smart preloader, the process that forks "
-            "(stock `--preload`: its master holds the same)."]
+            "(stock `--preload`: its master holds the same)."
+            + (" ² The plugin's own figure for the clone (\"forked in X ms\" in the master's "
+               "log), part of the smart spawn time." if any(e.get("smart_fork_ms")
+                                                           for e in p["spawn"]) else "")]
     if p["memory"]:
         out += ["", "Total PSS of the server (master, preloader, workers) grown from 1 worker "
                 "by SIGTTIN, idle workers (no requests: what a fork itself costs; the memory "
@@ -191,6 +220,11 @@ def _spawn_panel(ax, p):
                [s["max"] - m for m, (_, s) in zip(meds, pts)]]
         ax.errorbar(xs, meds, yerr=err, marker="o", capsize=3, label=LABELS.get(v, v),
                     color=COLORS.get(v), linestyle="--" if v.startswith("stock") else "-")
+    forks = [(e["size_mb"], e["smart_fork_ms"]["median"]) for e in p["spawn"]
+             if e.get("smart_fork_ms")]
+    if forks:
+        ax.plot([x for x, _ in forks], [y for _, y in forks], marker=".", linestyle=":",
+                color=COLORS["smart"], label="smart: the clone alone (plugin's log)")
     ax.set_xscale("log")
     ax.set_xticks(sizes)
     labels = []
@@ -233,7 +267,7 @@ def _memory_panel(ax, p):
     ax.set_xlabel("workers (idle)")
     ax.set_ylabel("total PSS, MiB (master + preloader + workers)")
     ax.set_title("Total PSS vs worker count, per app size", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.62))
 
 
 def update_docs(results, out_dir):
