@@ -97,7 +97,7 @@ def spawn_phase(opts, tmpdir, failures):
                 prefix = "[growth spawn %d/%d] %5d MiB %-13s" % (rnd + 1, opts.runs, size, variant)
                 try:
                     r = harness.run_with_retries(
-                        lambda: sampler(variant, sopts, tmpdir), 2, prefix)
+                        lambda f=sampler, v=variant, o=sopts: f(v, o, tmpdir), 2, prefix)
                 except SampleError as e:
                     harness.report_failure(prefix, e)
                     failures.append({"variant": "%s, %d MiB (spawn)" % (variant, size),
@@ -205,7 +205,7 @@ def memory_phase(opts, tmpdir, failures):
             prefix = "[growth memory] %5d MiB %-21s" % (size, variant)
             try:
                 r = harness.run_with_retries(
-                    lambda: memory_sample(variant, size, opts, tmpdir), 2, prefix)
+                    lambda v=variant, n=size: memory_sample(v, n, opts, tmpdir), 2, prefix)
             except SampleError as e:
                 harness.report_failure(prefix, e)
                 failures.append({"variant": "%s, %d MiB (memory)" % (variant, size),

@@ -7,6 +7,7 @@ chart), for a run of growth.py alone.
 """
 
 import datetime
+import itertools
 import os
 import re
 
@@ -66,7 +67,7 @@ def _spawn_table(p):
 
 def _memory_table(p):
     counts = sorted(p["workers"])
-    steps = list(zip(counts, counts[1:]))
+    steps = list(itertools.pairwise(counts))
     header = (["app size", "variant"] + ["total PSS, %d worker%s" % (n, "" if n == 1 else "s")
                                          for n in counts]
               + ["added per worker, %d → %d" % s for s in steps]
@@ -112,7 +113,7 @@ def _growth_text(p):
                           size_label(p["sizes"][0]), size_label(p["sizes"][-1]),
                           min(p["workers"]), max(p["workers"])))
     if "smart" in added and len(added) == 2:
-        other = [v for v in added if v != "smart"][0]
+        other = next(v for v in added if v != "smart")
         masters = [e["variants"]["smart"]["points"][0]["master_pss"] for e in p["memory"]
                    if e["variants"].get("smart")]
         out.append("Smart's workers add %s more each than those of %s, and its totals "
@@ -216,8 +217,8 @@ def _spawn_panel(ax, p):
         if not pts:
             continue
         xs, meds = [x for x, _ in pts], [s["median"] for _, s in pts]
-        err = [[m - s["min"] for m, (_, s) in zip(meds, pts)],
-               [s["max"] - m for m, (_, s) in zip(meds, pts)]]
+        err = [[m - s["min"] for m, (_, s) in zip(meds, pts, strict=True)],
+               [s["max"] - m for m, (_, s) in zip(meds, pts, strict=True)]]
         ax.errorbar(xs, meds, yerr=err, marker="o", capsize=3, label=LABELS.get(v, v),
                     color=COLORS.get(v), linestyle="--" if v.startswith("stock") else "-")
     forks = [(e["size_mb"], e["smart_fork_ms"]["median"]) for e in p["spawn"]
@@ -281,7 +282,10 @@ def update_docs(results, out_dir):
     body = "\n".join(line for line in section(results, None if error else CHART, heading)
                      if line is not None).rstrip() + "\n"
     md = os.path.join(out_dir, "benchmarks.md")
-    text = open(md).read() if os.path.exists(md) else "# Benchmarks\n"
+    text = "# Benchmarks\n"
+    if os.path.exists(md):
+        with open(md) as f:
+            text = f.read()
     pattern = re.compile(r"^%s.*?(?=^## |\Z)" % re.escape(HEADING), re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: body + "\n", text, count=1)

@@ -1,7 +1,7 @@
 """Run every benchmark and write the report: ``python -m benchmarks``.
 
-    python -m benchmarks                  # full run, ~18 min on 2 cores: docs/benchmarks.{md,png}
-    python -m benchmarks --quick          # smoke run (~75 s), output to a temp dir
+    python -m benchmarks                  # full run, ~22 min on 2 cores: docs/benchmarks.{md,png}, benchmarks-growth.png
+    python -m benchmarks --quick          # smoke run (~85 s), output to a temp dir
     python -m benchmarks --pieces spawn,memory --out-dir /tmp/b
 
 Pieces (each also runs alone, see its module): spawn (``spawn_time.py``),
@@ -69,7 +69,7 @@ FULL = {
     "asgi": {"variants": list(asgi_models.DEFAULT_VARIANTS), "runs": 5, "memory_runs": 1,
              "workers": 8, "requests": 500},
     # cost growth (growth.py): a synthetic app of 100 MiB, 300 MiB, 1 GiB; spawn
-    # rounds; memory of 1, 8, 32 idle workers (about 5 min on 2 cores)
+    # rounds; memory of 1, 8, 32 idle workers (about 5 min on a busy 2-core machine)
     "growth": {"sizes": [100, 300, 1024], "workers": [1, 8, 32], "runs": 3,
                "spawn_variants": growth.SPAWN_VARIANTS,
                "memory_variants": growth.MEMORY_VARIANTS},
@@ -167,7 +167,7 @@ def main(argv=None):
         description="Run all benchmarks of gunicorn-smartspawn and write the report "
                     "(markdown + PNG chart).")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: every piece once with tiny numbers (about 75 s); "
+                        help="smoke run: every piece once with tiny numbers (about 85 s); "
                              "writes to a temp dir unless --out-dir is given")
     parser.add_argument("--out-dir", help="where benchmarks.md and benchmarks.png go "
                                           "(default: docs/ for a full run)")
