@@ -160,15 +160,16 @@ def section(results, chart=None, heading=None):
     if busy:
         out += [busy, ""]
     out.append("A synthetic app (`benchmarks/sized_app.py`) that allocates its size at import, "
-               "half Python objects, half raw buffers. Spawn: SIGTTIN until a new worker "
-               "answers, as in the spawn section, median (min–max) of %d; ratios round by "
-               "round." % p["runs"])
-    out += ["", _spawn_table(p), "",
-            "¹ RSS and page tables (VmPTE) of the smart preloader, the process that forks "
-            "(stock `--preload`: its master holds the same)."
-            + (" ² The plugin's own figure for the clone (\"forked in X ms\" in the master's "
-               "log), part of the smart spawn time." if any(e.get("smart_fork_ms")
-                                                           for e in p["spawn"]) else "")]
+               "half Python objects, half raw buffers."
+               + (" Spawn: SIGTTIN until a new worker answers, as in the spawn section, median "
+                  "(min–max) of %d; ratios round by round." % p["runs"] if p["spawn"] else ""))
+    if p["spawn"]:
+        out += ["", _spawn_table(p), "",
+                "¹ RSS and page tables (VmPTE) of the smart preloader, the process that forks "
+                "(stock `--preload`: its master holds the same)."
+                + (" ² The plugin's own figure for the clone (\"forked in X ms\" in the "
+                   "master's log), part of the smart spawn time." if any(
+                       e.get("smart_fork_ms") for e in p["spawn"]) else "")]
     if p["memory"]:
         out += ["", "Total PSS of the server (master, preloader, workers) grown from 1 worker "
                 "by SIGTTIN, idle workers (no requests: what a fork itself costs; the memory "
