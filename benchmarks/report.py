@@ -1285,6 +1285,7 @@ def build_markdown(results, chart=None):
     for section in (section_spawn, section_boot, section_memory, section_overhead, section_surge,
                     section_surge_dynamic, section_wake, section_idle_memory, section_asgi):
         out += [""] + section(results)
+    out += [""] + section_growth(results)
     if results.get("leftovers"):
         out += ["", "**Processes left behind by this run (killed at the end):** %s"
                 % results["leftovers"]]
@@ -1292,6 +1293,14 @@ def build_markdown(results, chart=None):
             "count vary per piece):", ""]
     out += _commands()
     return "\n".join(line for line in out if line is not None).rstrip() + "\n"
+
+
+def section_growth(results):
+    """Cost growth (growth.py); the section is built in growth_report.py."""
+    from benchmarks import growth_report
+    chart = results.get("growth_chart")
+    return growth_report.section(
+        results, chart=chart if chart == growth_report.CHART else None)
 
 
 def _commands():

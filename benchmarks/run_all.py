@@ -1,7 +1,7 @@
 """Run every benchmark and write the report: ``python -m benchmarks``.
 
-    python -m benchmarks                  # full run, ~18 min on 2 cores: docs/benchmarks.{md,png}
-    python -m benchmarks --quick          # smoke run (~75 s), output to a temp dir
+    python -m benchmarks                  # full run, ~22 min on 2 cores: docs/benchmarks.{md,png}, benchmarks-growth.png
+    python -m benchmarks --quick          # smoke run (~85 s), output to a temp dir
     python -m benchmarks --pieces spawn,memory --out-dir /tmp/b
 
 Pieces (each also runs alone, see its module): spawn (``spawn_time.py``),
@@ -11,7 +11,9 @@ pool's: surge-dynamic (``surge_dynamic.py``), wake (``wake.py``),
 idle-memory (``idle_memory.py``); asgi (``asgi_models.py``: the heavy app
 over ASGI, spawn time and memory of smart, direct and stock gunicorn with
 the same worker class, uvicorn-worker's; a ``--quick`` run measures only
-smart-asgi and says so).  uWSGI variants run
+smart-asgi and says so); growth (``growth.py``: spawn time and PSS of a
+synthetic app of 100 MiB to 1 GiB with 1 to 32 workers, its chart in
+``benchmarks-growth.png``).  uWSGI variants run
 where ``pyuwsgi`` imports; the overhead piece runs where ``wrk`` is found
 (a full run installs it with apt-get when it can, ``--no-install`` not).
 Whatever is skipped is said so in the output and in the report.
@@ -37,12 +39,12 @@ import traceback
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import (asgi_models, boot_time, harness, idle_memory,  # noqa: E402
-                        memory_usage, overhead, report, spawn_time, surge, surge_dynamic,
-                        wake)
+from benchmarks import (asgi_models, boot_time, growth, growth_report, harness,  # noqa: E402
+                        idle_memory, memory_usage, overhead, report, spawn_time, surge,
+                        surge_dynamic, wake)
 
 PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake", "idle-memory",
-          "asgi"]
+          "asgi", "growth"]
 
 # Sizes of a full run and of a --quick smoke run.
 FULL = {
@@ -66,6 +68,11 @@ FULL = {
     # the heavy app over ASGI (asgi_models.py): spawn rounds, memory rounds
     "asgi": {"variants": list(asgi_models.DEFAULT_VARIANTS), "runs": 5, "memory_runs": 1,
              "workers": 8, "requests": 500},
+    # cost growth (growth.py): a synthetic app of 100 MiB, 300 MiB, 1 GiB; spawn
+    # rounds; memory of 1, 8, 32 idle workers (about 5 min on a busy 2-core machine)
+    "growth": {"sizes": [100, 300, 1024], "workers": [1, 8, 32], "runs": 3,
+               "spawn_variants": growth.SPAWN_VARIANTS,
+               "memory_variants": growth.MEMORY_VARIANTS},
 }
 QUICK = {
     "spawn": {"variants": ["smart", "direct", "stock-preload", "fork-floor", "uwsgi"],
@@ -92,6 +99,10 @@ QUICK = {
              "skipped": "--quick runs smart-asgi only (one spawn, 2 workers' memory): "
                         "direct-asgi, stock-asgi and stock-preload-asgi are skipped to keep "
                         "the smoke run short, so the ASGI targets are n/a"},
+    # cost growth: one small size, one spawn each of smart and stock --preload, smart's
+    # memory at 1 and 2 workers (about 10 s; the bare fork floor and the recipe are left out)
+    "growth": {"sizes": [20], "workers": [1, 2], "runs": 1,
+               "spawn_variants": ["smart", "stock-preload"], "memory_variants": ["smart"]},
 }
 
 
@@ -142,6 +153,11 @@ def run_piece(name, plan, env, tmpdir, done=None):
         opts = asgi_models.Options(workers=plan["workers"], requests=plan["requests"], **common)
         return asgi_models.run(plan["variants"], plan["runs"], opts, tmpdir,
                                memory_runs=plan["memory_runs"])
+    if name == "growth":
+        opts = growth.Options(sizes=plan["sizes"], workers=plan["workers"], runs=plan["runs"],
+                              spawn_variants=env["filter"](plan["spawn_variants"]),
+                              memory_variants=env["filter"](plan["memory_variants"]), **common)
+        return growth.run(opts, tmpdir)
     raise ValueError(name)
 
 
@@ -151,7 +167,7 @@ def main(argv=None):
         description="Run all benchmarks of gunicorn-smartspawn and write the report "
                     "(markdown + PNG chart).")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: every piece once with tiny numbers (about 75 s); "
+                        help="smoke run: every piece once with tiny numbers (about 85 s); "
                              "writes to a temp dir unless --out-dir is given")
     parser.add_argument("--out-dir", help="where benchmarks.md and benchmarks.png go "
                                           "(default: docs/ for a full run)")
@@ -267,6 +283,12 @@ def main(argv=None):
     if chart_error:
         print("chart not written: %s" % chart_error)
         results["chart_error"] = chart_error
+    if report.piece(results, "growth"):
+        growth_error = growth_report.write_chart(
+            results, os.path.join(out_dir, growth_report.CHART))
+        if growth_error:
+            print("growth chart not written: %s" % growth_error)
+        results["growth_chart"] = growth_error or growth_report.CHART
     report.write_markdown(results, md_path, chart=None if chart_error else "benchmarks.png")
     if args.json:
         with open(args.json, "w") as f:

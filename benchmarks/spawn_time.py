@@ -111,6 +111,7 @@ class Options:
     isolate_stock: bool = True
     show_commands: bool = False
     hold_path: str = harness.HOLD_PATH  # asgi_models.py: /_bench/block (event loop)
+    env: dict = dataclasses.field(default_factory=dict)  # extra environment (growth.py: app size)
 
 
 # --------------------------------------------------------------------------
@@ -226,7 +227,7 @@ def logged_fork_ms(server, pid):
 def server_sample(variant, opts, tmpdir):
     server = harness.Server(harness.VARIANTS[variant], opts.app, workers=1,
                             tmpdir=tmpdir, spawnable=True,
-                            isolate_stock=opts.isolate_stock)
+                            isolate_stock=opts.isolate_stock, env=dict(opts.env))
     hold = None
     try:
         if opts.show_commands:
@@ -303,7 +304,7 @@ def fork_sample(variant, opts, tmpdir):
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--fork-floor-child", "--app", opts.app],
         cwd=harness.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True,
+        stderr=subprocess.PIPE, start_new_session=True, env=dict(os.environ, **opts.env),
     )
     try:
         out, err = proc.communicate(timeout=opts.start_timeout + opts.timeout)

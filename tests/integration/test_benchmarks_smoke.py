@@ -60,10 +60,20 @@ def test_quick_benchmarks_write_report_chart_and_results(tmp_path: Path) -> None
     assert idle["zero-preloaders"]["workers"]["median"] == 0, shown
     assert idle["zero-preloaders"]["total_pss"]["median"] < idle["one-worker"]["total_pss"]["median"], shown
 
+    # cost growth: a small synthetic app spawned and measured at two worker counts
+    growth = results["pieces"]["growth"]
+    assert not growth.get("error") and not growth["failures"], (growth.get("error"), shown)
+    smart_spawn = growth["spawn"][0]["summary"]["smart"]
+    assert smart_spawn and smart_spawn["median"] > 0, shown
+    points = growth["memory"][0]["variants"]["smart"]["points"]
+    assert [p["workers"] for p in points] == growth["workers"], shown
+    assert 0 < points[0]["total_pss"] < points[-1]["total_pss"], shown
+
     report = (out / "benchmarks.md").read_text()
     for heading in ("## Targets", "## Machine and versions", "## Spawn time", "## Boot time",
                     "## Memory", "## Request overhead", "## Surge", "## Surge on a dynamic pool",
-                    "## Wake from zero", "## Idle memory"):
+                    "## Wake from zero", "## Idle memory", "## Cost growth"):
         assert heading in report, heading
     assert "--quick" in report and ("**PASS**" in report or "**MISS**" in report)
     assert (out / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "benchmarks-growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
