@@ -9,6 +9,7 @@ Pure: no imports of gunicorn.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -188,12 +189,12 @@ def request_counts(value: Any) -> list[int]:
             value = [int(v) for v in value]
         except ValueError:
             value = None
-    expected = "a list of increasing request counts >= 1, at most %d (e.g. [1000, 5000]), or [] for off" % MAX_REFORKS
+    expected = f"a list of increasing request counts >= 1, at most {MAX_REFORKS} (e.g. [1000, 5000]), or [] for off"
     if not isinstance(value, (list, tuple)) or len(value) > MAX_REFORKS:
         raise ValueError(expected)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
         raise ValueError(expected)
-    if any(b <= a for a, b in zip(value, value[1:])):
+    if any(b <= a for a, b in itertools.pairwise(value)):
         raise ValueError(expected)
     return list(value)
 
