@@ -134,9 +134,12 @@ def _listeners(originals: list[Any], worker: Any) -> list[Any]:
 
 
 def _closed(listener: Any) -> bool:
+    """gunicorn's listener objects drop their socket when closed (``sock`` None)."""
+    if getattr(listener, "sock", True) is None:
+        return True
     try:
         return bool(listener.fileno() < 0)
-    except (OSError, ValueError):
+    except (AttributeError, OSError, ValueError):
         return True
 
 

@@ -282,7 +282,11 @@ class Preloader:
 
             signals: dict[str, Any] = {name: signal.SIG_IGN for name in _IGNORED}
             signals.update(SIGTERM=_exit_on_sigterm, SIGUSR1=lambda sig, frame: self.log.reopen_files())
-            become_preloader(self, worker, signals)
+            try:
+                become_preloader(self, worker, signals)
+            except BaseException:
+                self.log.exception("app=%s pid=%d could not become the next preloader", self.app_name, os.getpid())
+                leave(PRELOADER_CRASHED)
         leave(code)
 
 
