@@ -46,6 +46,8 @@ CHECK_EVERY = 0.5
 #: Seconds a promoted worker has, beyond its app's ``timeout`` (its request in hand), to connect.
 GRACE = 5.0
 _CREDS = struct.Struct("3i")
+#: Connections accepted (and, if strangers, closed) per wake-up of the master's loop.
+ACCEPTS_PER_WAKE = 16
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Promotion:
     requests: int
     listener: socket.socket
     deadline: float
+    refused: int = 0
 
 
 @dataclass
@@ -99,28 +102,32 @@ class Reforker:
         return list(self.promotions)
 
     def ready(self, fd: int) -> None:
-        promotion = self.promotions.get(fd)
-        if promotion is None:
+        for _ in range(ACCEPTS_PER_WAKE):  # strangers in the backlog must not hide the worker
+            promotion = self.promotions.get(fd)
+            if promotion is None:
+                return
+            try:
+                conn, _ = promotion.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._end(fd, f"accept failed: {exc.strerror or exc}")
+                return
+            try:
+                pid, _uid, _gid = _CREDS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
+            except OSError:
+                pid = -1
+            if pid != promotion.pid:
+                conn.close()  # not the worker asked: unheard (the abstract name is reachable by others)
+                promotion.refused += 1
+                if promotion.refused == 1:  # once per promotion: a flood of strangers costs one line
+                    self.master.log.warning("app=%s refork: a connection from pid=%d, not worker pid=%d, was refused",
+                                            promotion.app, pid, promotion.pid)
+                continue
+            del self.promotions[fd]
+            promotion.listener.close()
+            self._adopt(promotion, conn, time.monotonic())
             return
-        try:
-            conn, _ = promotion.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._end(fd, f"accept failed: {exc.strerror or exc}")
-            return
-        try:
-            pid, _uid, _gid = _CREDS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
-        except OSError:
-            pid = -1
-        if pid != promotion.pid:
-            conn.close()  # not the worker asked: unheard (the abstract name is reachable by others)
-            self.master.log.warning("app=%s refork: a connection from pid=%d, not worker pid=%d, was refused",
-                                    promotion.app, pid, promotion.pid)
-            return
-        del self.promotions[fd]
-        promotion.listener.close()
-        self._adopt(promotion, conn, time.monotonic())
 
     def tick(self, now: float) -> None:
         for fd, promotion in list(self.promotions.items()):
@@ -194,7 +201,7 @@ class Reforker:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(address(master.pid, choice.pid))
-            listener.listen(1)
+            listener.listen(ACCEPTS_PER_WAKE)
             listener.setblocking(False)
         except OSError as exc:
             listener.close()
