@@ -85,6 +85,8 @@ class Variant:
     args: tuple[str, ...] = ()
     plugin: bool = False
     stock: bool = False
+    #: refork_after: traffic first, until a worker was promoted and the workers rolled onto it
+    refork: bool = False
 
     def command(self, *, app, workers, port, tmpdir, threads=1, spawnable=False,
                 isolate_stock=True):
@@ -188,6 +190,8 @@ VARIANTS = {v.name: v for v in [
             (*PLUGIN, "--spawn-method=smart", "--no-gc-freeze"), plugin=True),
     Variant("smart-warm", "smartspawn smart, app warmed in the preloader", "gunicorn",
             (*PLUGIN, "--spawn-method=smart", "-c", _conf("smart_warm.py")), plugin=True),
+    Variant("smart-refork", "smartspawn smart, refork after 1000 requests", "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", "--refork-after", "1000"), plugin=True, refork=True),
     Variant("direct", "smartspawn direct", "gunicorn",
             (*PLUGIN, "--spawn-method=direct"), plugin=True),
     Variant("stock", "gunicorn", "gunicorn", (), stock=True),

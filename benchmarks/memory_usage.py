@@ -58,7 +58,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.harness import SampleError  # noqa: E402
 
 DEFAULT_VARIANTS = [
-    "smart", "smart-no-freeze", "smart-warm", "direct", "stock", "stock-preload",
+    "smart", "smart-no-freeze", "smart-warm", "smart-refork", "direct", "stock", "stock-preload",
     "stock-preload-freeze", "stock-preload-freeze-collect",
 ]
 # (numerator, denominator) of the ratios of total PSS after the requests
@@ -68,6 +68,8 @@ RATIOS = [
     ("smart", "stock-preload"),
     ("smart-no-freeze", "smart"),
     ("smart-warm", "smart"),
+    ("smart-refork", "smart"),
+    ("smart-refork", "stock-preload-freeze"),
     ("stock-preload-freeze-collect", "stock-preload-freeze"),
     ("stock-preload-freeze", "stock-preload"),
     ("stock-preload", "direct"),
@@ -232,6 +234,38 @@ def snapshot(server, workers):
     }
 
 
+def refork_first(server, workers, clients, timeout):
+    """A refork variant: the request mix until a worker was promoted to preloader and every worker
+    is one it forked (``refork_after``); the new workers' pids. They then serve the measured
+    requests like any variant's (the requests that made the refork are not counted)."""
+    stop = threading.Event()
+
+    def client(index):
+        paths = request_paths(random.Random(2000 + index))
+        while not stop.is_set():
+            try:
+                harness.get(server.port, next(paths), timeout=30)
+            except OSError:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = server.worker_pids()
+            if " refork 1: " in server.log() and len(now) == len(workers) and not set(now) & set(workers) \
+                    and len(server.preloader_pids()) == 1:
+                return now
+        raise SampleError("no refork within %.0f s (workers %s)" % (timeout, server.worker_pids()), server.log())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(35)
+
+
 def memory_sample(variant, opts, tmpdir):
     server = harness.Server(harness.VARIANTS[variant], opts.app, workers=opts.workers,
                             tmpdir=tmpdir, isolate_stock=opts.isolate_stock)
@@ -245,9 +279,11 @@ def memory_sample(variant, opts, tmpdir):
         if len(workers) != opts.workers:
             raise SampleError("%s: %d workers, expected %d" % (variant, len(workers), opts.workers),
                               server.log())
+        clients = opts.clients or 2 * opts.workers
+        if harness.VARIANTS[variant].refork:
+            workers = refork_first(server, workers, clients, opts.drive_timeout)
         server.settle()
         boot = snapshot(server, workers)
-        clients = opts.clients or 2 * opts.workers
         load = drive(server.port, workers, opts.requests, clients, opts.drive_timeout)
         server.check_alive("serving")
         strangers = sorted(set(load["counts"]) - set(workers))

@@ -9,6 +9,7 @@ Pure: no imports of gunicorn.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -174,6 +175,30 @@ def optional_count(value: Any) -> int | None:
     return count
 
 
+#: The most thresholds refork_after may list: each one is a refork, a new generation of workers.
+MAX_REFORKS: Final = 16
+
+
+def request_counts(value: Any) -> list[int]:
+    """Increasing request counts, from a list or a comma-separated string; empty (or None): off."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(",")) if v]
+        try:
+            value = [int(v) for v in value]
+        except ValueError:
+            value = None
+    expected = f"a list of increasing request counts >= 1, at most {MAX_REFORKS} (e.g. [1000, 5000]), or [] for off"
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_REFORKS:
+        raise ValueError(expected)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        raise ValueError(expected)
+    if any(b <= a for a, b in itertools.pairwise(value)):
+        raise ValueError(expected)
+    return list(value)
+
+
 def worker_class(value: Any) -> Any:
     """None (the default: sync, or gthread with threads > 1), a name as ``-k`` takes it, or a class.
 
@@ -222,4 +247,5 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "max_workers": optional_count,
     "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),
     "friendly_errors": boolean,
+    "refork_after": request_counts,
 }

@@ -44,6 +44,7 @@ from gunicorn_smartspawn.master.loop import Loop, Service
 from gunicorn_smartspawn.master.metrics import Metrics
 from gunicorn_smartspawn.master.readiness import Readiness, quiet_notify
 from gunicorn_smartspawn.master.reaper import Reaper
+from gunicorn_smartspawn.master.refork import Reforker
 from gunicorn_smartspawn.master.setup import setup_notes
 from gunicorn_smartspawn.master.spawner import Spawner
 from gunicorn_smartspawn.scoreboard import Scoreboards
@@ -99,6 +100,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.reaper = Reaper(self)
             self.dynamic = DynamicPools(self)
             self.readiness = Readiness(self)
+            self.reforker = Reforker(self)
         self.apps.multi = bool(app.cfg.apps)
         for note in notes:
             self.log.warning(note)
@@ -128,7 +130,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if not self.multi:
             for spec in self.apps.specs.values():
                 spec.listeners = list(self.LISTENERS)
-        self.services = [factory(self) for factory in self._service_factories]
+        self.services = [*(factory(self) for factory in self._service_factories), self.reforker]
         self.started = True
 
     def init_signals(self) -> None:

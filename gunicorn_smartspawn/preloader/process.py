@@ -276,7 +276,18 @@ class Preloader:
         )
         worker.use_heartbeat_fd(heartbeat_fd)
         worker.pid = os.getpid()
-        leave(run_worker_process(self.launch.server, worker))
+        code = run_worker_process(self.launch.server, worker)
+        if code == 0 and getattr(worker, "promote_fds", None) is not None:  # refork_after: the master chose it
+            from gunicorn_smartspawn.preloader.mold import become_preloader
+
+            signals: dict[str, Any] = {name: signal.SIG_IGN for name in _IGNORED}
+            signals.update(SIGTERM=_exit_on_sigterm, SIGUSR1=lambda sig, frame: self.log.reopen_files())
+            try:
+                become_preloader(self, worker, signals)
+            except BaseException:
+                self.log.exception("app=%s pid=%d could not become the next preloader", self.app_name, os.getpid())
+                leave(PRELOADER_CRASHED)
+        leave(code)
 
 
 def _exit_on_sigterm(sig: int, frame: Any) -> None:

@@ -58,6 +58,10 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     model: models.Model | None
     #: the most requests this worker may have in flight (the scoreboard's bound)
     capacity: int
+    #: set when the master asked this worker to become its app's next preloader (refork): copies
+    #: of its listeners' descriptors, taken before the request model closes its own
+    promote_fds: list[int] | None = None
+    alive: bool  # gunicorn's: the request loop runs while True
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
         if models.base_of(cls) is None:  # no request model mixed in: the setting's
@@ -141,6 +145,15 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             if signal.getsignal(sig) == signal.SIG_DFL:
                 signal.signal(sig, _leave)
+        if self.forked and can_refork(self.model) and self.cfg.refork_after:
+            signal.signal(PROMOTE_SIGNAL, self._promote)
+
+    def _promote(self, sig: int, frame: Any) -> None:
+        """The master chose this worker to be the next preloader: finish the request in hand, leave the
+        loop (the preloader's code, once the loop returns, takes over: preloader/mold.py)."""
+        if self.promote_fds is None and self.alive:
+            self.promote_fds = [os.dup(s.fileno()) for s in self.sockets]
+            self.alive = False
 
     def load_wsgi(self) -> None:
         try:
@@ -167,10 +180,11 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         try:
             super().run()
         finally:
-            try:
-                events.fire(events.STOPPING_WORKER_PROCESS)
-            except Exception:
-                self.log.exception("app=%s stopping_worker_process callback failed", self.app_name)
+            if self.promote_fds is None:  # a promoted worker is not stopping: it goes on as the preloader
+                try:
+                    events.fire(events.STOPPING_WORKER_PROCESS)
+                except Exception:
+                    self.log.exception("app=%s stopping_worker_process callback failed", self.app_name)
 
 
 class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
@@ -186,6 +200,16 @@ _composed: dict[tuple[type, type], type] = {
     (Worker, _GunicornThreadWorker): ThreadedWorker,
 }
 _composing = threading.Lock()
+
+
+#: The signal by which the master asks a worker to become the next preloader (refork_after): unused by
+#: gunicorn's workers, ignored by default, so a worker that does not expect it is not harmed.
+PROMOTE_SIGNAL = signal.SIGURG
+
+
+def can_refork(model: models.Model | None) -> bool:
+    """Request models whose loop ends cleanly in the process when ``alive`` turns False: sync, gthread."""
+    return model is not None and model.concurrency in ("sync", "threads")
 
 
 def _leave(sig: int, frame: Any) -> None:

@@ -87,7 +87,11 @@ def run_worker_process(server: Any, worker: Any) -> int:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 255 if worker.booted else WORKER_BOOT_ERROR
     finally:
-        log.info("Worker exiting (pid: %s)", worker.pid)
+        if getattr(worker, "promote_fds", None) is not None and code == 0:
+            log.info("app=%s worker pid=%s leaves its request loop to become the next preloader (refork)",
+                     worker.app_name, worker.pid)
+        else:
+            log.info("Worker exiting (pid: %s)", worker.pid)
         try:
             worker.tmp.close()
             cfg.worker_exit(server, worker)

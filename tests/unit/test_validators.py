@@ -244,6 +244,8 @@ COUNT_ACCEPTED: Final = [("3", 3), (0, 0), (" 8 ", 8), (None, None)]
 COUNT_REFUSED: Final = [-1, "many", 2.5, True]
 CLASS_ACCEPTED: Final = [(" gevent ", "gevent"), ("uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornWorker"), ("", None), (None, None)]
 CLASS_REFUSED: Final = [1, True, ["gevent"]]
+COUNTS_ACCEPTED: Final = [("1000, 5000", [1000, 5000]), ([50, 100, 1000], [50, 100, 1000]), ("", []), (None, []), ([], [])]
+COUNTS_REFUSED: Final = [[100, 50], [0], "many", [True], [1.5], 7, list(range(1, 18))]
 
 
 def _kind(name: str) -> str:
@@ -256,6 +258,8 @@ def _kind(name: str) -> str:
         return "count"
     if check is v.worker_class:
         return "class"
+    if check is v.request_counts:
+        return "counts"
     assert name in CHOICES, f"{name}: a new kind of check needs its samples in this file"
     return "choice"
 
@@ -274,6 +278,9 @@ def _samples() -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any]]]:
         elif kind == "count":
             accepted += [(name, given, expected) for given, expected in COUNT_ACCEPTED]
             refused += [(name, value) for value in COUNT_REFUSED]
+        elif kind == "counts":
+            accepted += [(name, given, expected) for given, expected in COUNTS_ACCEPTED]
+            refused += [(name, value) for value in COUNTS_REFUSED]
         elif kind == "class":
             accepted += [(name, given, expected) for given, expected in CLASS_ACCEPTED]
             refused += [(name, value) for value in CLASS_REFUSED]
