@@ -105,7 +105,7 @@ def test_only_the_promoted_worker_is_heard_on_the_promotion_socket(server_factor
     import socket
     import threading
 
-    server = server_factory(*SMART, "-w", "2", "--refork-after", "30", "refork_app:app")
+    server = server_factory(*SMART, "-w", "2", "--refork-after", "10", "refork_app:app")
     workers = server.wait_workers(2)
     held: list[socket.socket] = []
     stop = threading.Event()
@@ -125,9 +125,9 @@ def test_only_the_promoted_worker_is_heard_on_the_promotion_socket(server_factor
     squatter = threading.Thread(target=squat, daemon=True)
     squatter.start()
     try:
-        with Load(server, threads=2) as load:
+        with Load(server, threads=2, path="/slow") as load:  # each worker always in a 0.2 s request
             wait_for(lambda: reforks(server), timeout=30, what="a refork despite the squatter")
-            load.wait_more(10)
+            load.wait_more(4)
     finally:
         stop.set()
         squatter.join(5)
