@@ -16,6 +16,7 @@ overrides, each delegating to one composed object::
     reaper    Reaper     waitpid, and what preloaders say on their channels
     loop      Loop       the select over signals, channels and services
     metrics   Metrics    statsd gauges
+    codewatch CodeWatch  --reload for smart apps: changed code starts a new generation
     services  [Service]  the control socket (attached by the hook, from control/)
 """
 
@@ -39,6 +40,7 @@ from gunicorn_smartspawn.master import pool as poolmod
 from gunicorn_smartspawn.master import shutdown, unavailable
 from gunicorn_smartspawn.master.apps import AppTable
 from gunicorn_smartspawn.master.children import Children
+from gunicorn_smartspawn.master.codewatch import CodeWatch
 from gunicorn_smartspawn.master.dynamic import DynamicPools
 from gunicorn_smartspawn.master.loop import Loop, Service
 from gunicorn_smartspawn.master.metrics import Metrics
@@ -97,10 +99,12 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.reaper = Reaper(self)
             self.dynamic = DynamicPools(self)
             self.readiness = Readiness(self)
+            self.codewatch = CodeWatch(self.apps, self.log)
         self.apps.multi = bool(app.cfg.apps)
         for note in notes:
             self.log.warning(note)
         self._added = self.apps.configure(self.cfg, self.app, self.num_workers)
+        self.codewatch.configure(util.getcwd())  # --reload: the master watches smart apps' code
         try:
             self.dynamic.configure(self.num_workers)
         except ValueError as exc:
@@ -126,7 +130,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if not self.multi:
             for spec in self.apps.specs.values():
                 spec.listeners = list(self.LISTENERS)
-        self.services = [factory(self) for factory in self._service_factories]
+        self.services = [self.codewatch, *(factory(self) for factory in self._service_factories)]
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -150,7 +154,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def _wait(self, timeout: float) -> None:
         channels = {c.channel.fileno(): c for c in self.children.of_role("preloader") if c.channel is not None}
-        timeout = min(timeout, self.dynamic.poll)  # a dynamic app that may grow: look at its queue often
+        # a dynamic app that may grow: look at its queue often; a changed file's reload is due
+        timeout = min(timeout, self.dynamic.poll, self.codewatch.timeout(time.monotonic()))
         watch = self.dynamic.watch_fds()  # apps at zero workers: a connection wakes the master
         watch += [lnr.fileno() for spec in unavailable.apps(self) for lnr in spec.listeners]
         self.loop.wait(timeout, channels, self.services, self.reaper.reap, self.reaper.read, watch)

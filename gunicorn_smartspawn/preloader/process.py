@@ -52,6 +52,7 @@ from gunicorn_smartspawn.wire import (
     SpawnWorker,
     WorkerSpawned,
     cut_text,
+    watch_frames,
 )
 from gunicorn_smartspawn.worker import models as worker_models
 from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
@@ -167,6 +168,9 @@ class Preloader:
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
         )
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
+        if self.cfg.reload:  # --reload: the master watches these files and reloads the app when one changes
+            for frame in watch_frames(module_files(inherited)):
+                self._send(frame)
         return True
 
     def _import(self) -> str | None:
@@ -304,3 +308,19 @@ def code_fingerprint(inherited: set[str] | frozenset[str] = frozenset()) -> str:
             continue
         digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def module_files(inherited: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+    """(source path, st_mtime_ns) of each module the app's import brought in, as gunicorn's
+    reloader sees them (a ``.pyc`` stands for its ``.py``); the master watches these."""
+    found: dict[str, int] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name in inherited or not isinstance(path, str):
+            continue
+        path = os.path.abspath(path[:-1] if path.endswith((".pyc", ".pyo")) else path)
+        try:
+            found.setdefault(path, os.stat(path).st_mtime_ns)
+        except OSError:
+            continue
+    return sorted(found.items())
