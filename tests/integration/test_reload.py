@@ -1,12 +1,14 @@
-"""HUP in smart mode loads new code in a new preloader generation."""
+"""Reloads: HUP in smart mode loads new code in a new preloader generation; so does --reload on a
+changed file (the master watches the code); direct mode reloads as stock gunicorn does."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
-from harness import DIRECT, SMART, Load, wait_for
+from harness import DIRECT, SMART, Load, app_pids, free_port, get_json, wait_for
 
 APP_TEMPLATE = '''
 import os
@@ -83,3 +85,124 @@ def test_hup_in_direct_mode_restarts_workers_with_new_code(server_factory, tmp_p
     wait_for(lambda: not set(old) & set(server.workers()) and len(server.workers()) == 2, timeout=20,
              what="a new set of workers")
     assert all(server.get_json("/")["version"] == "v2" for _ in range(5))
+
+
+# -- --reload: a changed file starts a new generation -----------------------------------------
+
+NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def versions(server, n: int = 6) -> list[str]:
+    return [server.get_json("/")["version"] for _ in range(n)]
+
+
+def reload_lines(server, app: str) -> list[str]:
+    return [line for line in server.log().splitlines() if f"app={app} reloading: " in line]
+
+
+def test_reload_in_smart_mode_loads_an_edited_file(server_factory, tmp_path):
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*SMART, "-w", "2", "--reload", "versioned:app", env=NO_PYC)
+    old_workers = server.wait_workers(2)
+    [old_preloader] = server.preloaders()
+    server.wait_log("app=versioned reload watches its code (reload_engine=inotify")
+    assert server.get_json("/")["version"] == "v1"
+    with Load(server, timeout=5) as load:
+        wait_for(lambda: len(load.answers("version")) > 20, what="load to run")
+        write_app(tmp_path / "versioned.py", "v2")
+        wait_for(lambda: load.answers("version")[-30:] == ["v2"] * 30, timeout=20, what="only v2 answers")
+        wait_for(lambda: not set(old_workers) & set(server.workers()), what="old workers retired")
+        load.wait_more(20)
+    assert load.failures == [], "new workers are rolled in only once they serve"
+    server.wait_log(f"app=versioned reloading: {tmp_path / 'versioned.py'} modified, generation 2")
+    assert server.preloaders() != [old_preloader]
+    assert len(server.workers()) == 2
+    log = server.log()
+    assert "Worker reloading" not in log, "a forked worker runs no reloader of its own"
+    assert "--reload) restarts workers from the preloader" not in log, "the old warning is gone"
+
+
+def test_reload_burst_of_saves_is_one_generation(server_factory, tmp_path):
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*SMART, "-w", "1", "--reload", "versioned:app", env=NO_PYC)
+    server.wait_workers(1)
+    server.wait_log("preloader gen=1 pid=")
+    for n in range(2, 7):  # an editor saving five times in a quarter of a second
+        write_app(tmp_path / "versioned.py", f"v{n}")
+        time.sleep(0.05)  # pacing of the edits (the stimulus), not a wait for the server
+    wait_for(lambda: versions(server, 3) == ["v6"] * 3, timeout=20, what="v6 answers")
+    assert len(reload_lines(server, "versioned")) == 1, reload_lines(server, "versioned")
+    assert "preloader gen=3" not in server.log()
+
+
+def test_reload_with_a_broken_edit_keeps_the_old_code_serving(server_factory, tmp_path):
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*SMART, "-w", "2", "--reload", "versioned:app", env=NO_PYC)
+    workers = server.wait_workers(2)
+    server.wait_log("ready, loaded in")
+    write_app(tmp_path / "versioned.py", "v2", extra="raise ImportError('v2 is broken on purpose')")
+    server.wait_log("modified, generation 2")
+    server.wait_log("failed to load the app")
+    server.wait_log("generation 1 keeps serving; fix the code and reload")
+    assert sorted(server.workers()) == sorted(workers)
+    assert versions(server) == ["v1"] * 6
+    # saving the fixed file is enough: the master still watches it
+    write_app(tmp_path / "versioned.py", "v3")
+    wait_for(lambda: versions(server) == ["v3"] * 6, timeout=20, what="v3 answers")
+    assert server.proc.poll() is None
+
+
+def test_reload_extra_file_change_reloads(server_factory, tmp_path):
+    data = tmp_path / "version.txt"
+    data.write_text("from-file-1")
+    write_app(tmp_path / "versioned.py", "unused", extra=f"VERSION = open({str(data)!r}).read().strip()")
+    server = server_factory(*SMART, "-w", "1", "--reload", "--reload-extra-file", str(data), "versioned:app", env=NO_PYC)
+    server.wait_workers(1)
+    server.wait_log("ready, loaded in")
+    assert server.get_json("/")["version"] == "from-file-1"
+    data.write_text("from-file-2")
+    wait_for(lambda: versions(server, 3) == ["from-file-2"] * 3, timeout=20, what="the extra file's new content")
+    server.wait_log(f"reloading: {data} modified, generation 2")
+
+
+def test_reload_poll_engine(server_factory, tmp_path):
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*SMART, "-w", "1", "--reload", "--reload-engine", "poll", "versioned:app", env=NO_PYC)
+    server.wait_workers(1)
+    server.wait_log("reload watches its code (reload_engine=poll")
+    server.wait_log("ready, loaded in")
+    write_app(tmp_path / "versioned.py", "v2")
+    wait_for(lambda: versions(server, 3) == ["v2"] * 3, timeout=20, what="v2 answers")
+    server.wait_log("modified, generation 2")
+
+
+def test_reload_in_direct_mode_is_stock_gunicorns(server_factory, tmp_path):
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*DIRECT, "-w", "2", "--reload", "versioned:app", env=NO_PYC)
+    server.wait_workers(2)
+    server.wait_serving()
+    assert "reload watches its code" not in server.log(), "the master watches no direct app"
+    write_app(tmp_path / "versioned.py", "v2")
+    wait_for(lambda: versions(server) == ["v2"] * 6, timeout=20, what="v2 answers")
+    server.wait_log("Worker reloading:")  # each direct worker's own gunicorn reloader
+
+
+def test_reload_of_one_app_leaves_the_other_alone(server_factory, tmp_path):
+    roots = {name: tmp_path / name for name in ("shop", "blog")}
+    ports = {name: free_port() for name in roots}
+    for name, root in roots.items():
+        root.mkdir()
+        write_app(root / f"{name}_app.py", "v1")
+    apps = {name: {"app": f"{name}_app:app", "bind": f"127.0.0.1:{ports[name]}", "workers": 1, "chdir": str(root)}
+            for name, root in roots.items()}
+    conf = tmp_path / "multi.conf.py"
+    conf.write_text(f"worker_class = 'smartspawn.Worker'\nreload = True\napps = {apps!r}\n")
+    server = server_factory("-c", str(conf), bind=False, env=NO_PYC)
+    wait_for(lambda: all(len(app_pids(server, "worker", name)) == 1 for name in roots), timeout=20, what="workers")
+    blog_workers = app_pids(server, "worker", "blog")
+    write_app(roots["shop"] / "shop_app.py", "v2")
+    wait_for(lambda: get_json(ports["shop"])["version"] == "v2", timeout=20, what="shop on v2")
+    assert get_json(ports["blog"])["version"] == "v1"
+    assert app_pids(server, "worker", "blog") == blog_workers
+    assert reload_lines(server, "blog") == []
+    assert len(reload_lines(server, "shop")) == 1
