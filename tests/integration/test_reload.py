@@ -3,12 +3,15 @@ changed file (the master watches the code); direct mode reloads as stock gunicor
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
 from harness import DIRECT, SMART, Load, app_pids, free_port, get_json, wait_for
+from test_hostile_channel import steal_channel
 
 APP_TEMPLATE = '''
 import os
@@ -187,7 +190,8 @@ def test_reload_in_direct_mode_is_stock_gunicorns(server_factory, tmp_path):
     server.wait_log("Worker reloading:")  # each direct worker's own gunicorn reloader
 
 
-def test_reload_of_one_app_leaves_the_other_alone(server_factory, tmp_path):
+def two_apps(server_factory, tmp_path):
+    """shop and blog, smart, one worker each, --reload on; each app's code under its own chdir."""
     roots = {name: tmp_path / name for name in ("shop", "blog")}
     ports = {name: free_port() for name in roots}
     for name, root in roots.items():
@@ -199,6 +203,12 @@ def test_reload_of_one_app_leaves_the_other_alone(server_factory, tmp_path):
     conf.write_text(f"worker_class = 'smartspawn.Worker'\nreload = True\napps = {apps!r}\n")
     server = server_factory("-c", str(conf), bind=False, env=NO_PYC)
     wait_for(lambda: all(len(app_pids(server, "worker", name)) == 1 for name in roots), timeout=20, what="workers")
+    wait_for(lambda: server.log().count("ready, loaded in") >= 2, what="both preloaders ready")
+    return server, roots, ports
+
+
+def test_reload_of_one_app_leaves_the_other_alone(server_factory, tmp_path):
+    server, roots, ports = two_apps(server_factory, tmp_path)
     blog_workers = app_pids(server, "worker", "blog")
     write_app(roots["shop"] / "shop_app.py", "v2")
     wait_for(lambda: get_json(ports["shop"])["version"] == "v2", timeout=20, what="shop on v2")
@@ -206,3 +216,33 @@ def test_reload_of_one_app_leaves_the_other_alone(server_factory, tmp_path):
     assert app_pids(server, "worker", "blog") == blog_workers
     assert reload_lines(server, "blog") == []
     assert len(reload_lines(server, "shop")) == 1
+
+
+def send_frame(sock, body: dict) -> None:
+    data = json.dumps(body).encode()
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def test_a_forged_file_list_can_only_reload_its_own_app(server_factory, tmp_path):
+    """A preloader runs app code: its file list names blog's file, and only shop reloads."""
+    server, roots, ports = two_apps(server_factory, tmp_path)
+    blog_workers = app_pids(server, "worker", "blog")
+    [shop_preloader] = app_pids(server, "preloader", "shop")
+    blog_file = roots["blog"] / "blog_app.py"
+    with steal_channel(shop_preloader, server.pid) as sock:
+        send_frame(sock, {"type": "WatchFiles", "files": f"0 {blog_file}\n0 /etc/hostname"})
+        server.wait_log("app=shop reloading: ")
+    [line] = reload_lines(server, "shop")
+    assert str(blog_file) in line and "generation 2" in line
+    old = shop_preloader
+    wait_for(lambda: len(p := app_pids(server, "preloader", "shop")) == 1 and p != [old], timeout=20,
+             what="shop's generation 2 preloader alone")
+    [shop_preloader] = app_pids(server, "preloader", "shop")
+    # a list that breaks the bounds stops that preloader, like any bad frame
+    with steal_channel(shop_preloader, server.pid) as sock:
+        send_frame(sock, {"type": "WatchFiles", "files": "0 relative/path.py"})
+        server.wait_log(f"preloader pid={shop_preloader} sent a bad frame (WatchFiles line 1: not an absolute path")
+    assert reload_lines(server, "blog") == []
+    assert app_pids(server, "worker", "blog") == blog_workers
+    assert get_json(ports["blog"])["version"] == "v1"
+    assert get_json(ports["shop"])["version"] == "v1"
