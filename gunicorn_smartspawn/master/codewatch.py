@@ -143,13 +143,14 @@ class CodeWatch:
         if wants_inotify and self.inotify is None and not self._inotify_broken:
             self._open_inotify()
 
-    def files_reported(self, name: str, pid: int, entries: list[tuple[str, int]], now: float) -> None:
-        """Preloader ``pid`` of app ``name`` imported these files (path, mtime_ns): watch them
-        (a new preloader's list replaces the last one's); a file already changed reloads."""
+    def files_reported(self, name: str, pid: int, entries: list[tuple[str, int]], now: float, current: bool = True) -> None:
+        """Preloader ``pid`` of app ``name`` read these files (path, mtime_ns): watch them. The serving
+        preloader's list replaces the last one's, another's (a failed import) is added; a file that
+        changed since the preloader saw it reloads. Nothing here can touch another app."""
         watched = self.watched.get(name)
         if watched is None:
             return
-        if watched.reporter != pid:
+        if current and watched.reporter != pid:
             watched.reporter = pid
             watched.files = {p: m for p, m in watched.files.items() if p in watched.extra}
             watched.polled = set()

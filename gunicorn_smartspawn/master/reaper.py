@@ -161,9 +161,10 @@ class Reaper:
                 error = cut_text(message.error, MAX_LOGGED_ERROR)
                 self.log.error("app=%s spawn of worker age=%d failed: %s", child.app, message.age, error)
                 pool.spawn_failed(message.age, error, now)
-            elif isinstance(message, WatchFiles) and pool.preloader is not None and pool.preloader.pid == child.pid:
-                # --reload: the serving generation's files (a superseded preloader's list is dropped)
-                self.master.codewatch.files_reported(child.app, child.pid, watch_entries(message.files), now)
+            elif isinstance(message, WatchFiles):
+                # --reload: the serving preloader's list replaces the last one; another's (a failed import) adds
+                current = pool.preloader is not None and pool.preloader.pid == child.pid
+                self.master.codewatch.files_reported(child.app, child.pid, watch_entries(message.files), now, current)
         if pool.is_stopping(child.pid) and child.channel is not None:
             self.spawner.finish_stop(child)
 

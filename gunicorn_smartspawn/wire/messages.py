@@ -83,7 +83,7 @@ class SpawnFailed:
 
 @dataclass(frozen=True)
 class WatchFiles:
-    """Event (``--reload`` only, after ``PreloaderReady``): files the app's import read, one
+    """Event (``--reload`` only, after the load report): files the app's import read, one
     ``<st_mtime_ns> <absolute path>`` a line (:func:`watch_entries`); the master watches them."""
 
     files: str
@@ -233,8 +233,8 @@ def _reject_constant(name: str) -> Any:
 class EventOrder:
     """What a preloader may say next: its load once and first (``PreloaderReady``, or
     ``PreloaderFailed`` and then nothing); after ``PreloaderReady``, one
-    ``WorkerSpawned`` or ``SpawnFailed`` per ``SpawnWorker`` sent to it, and at most
-    ``MAX_WATCH_FRAMES`` ``WatchFiles``."""
+    ``WorkerSpawned`` or ``SpawnFailed`` per ``SpawnWorker`` sent to it; after either load
+    report, at most ``MAX_WATCH_FRAMES`` ``WatchFiles``."""
 
     def __init__(self) -> None:
         self.loaded: str | None = None
@@ -246,13 +246,13 @@ class EventOrder:
             if self.loaded is not None:
                 raise ProtocolError(f"{name} after {self.loaded}: the limit is one load report per preloader")
             self.loaded = name
-        elif self.loaded != "PreloaderReady":
-            when = f"after {self.loaded}" if self.loaded else "before PreloaderReady"
-            raise ProtocolError(f"{name} {when}: spawn answers come only from a ready preloader")
-        elif isinstance(message, WatchFiles):
+        elif isinstance(message, WatchFiles) and self.loaded is not None:
             self.watch_frames += 1
             if self.watch_frames > MAX_WATCH_FRAMES:
                 raise ProtocolError(f"WatchFiles frame {self.watch_frames}: the limit is {MAX_WATCH_FRAMES} per preloader")
+        elif self.loaded != "PreloaderReady":
+            when = f"after {self.loaded}" if self.loaded else "before PreloaderReady"
+            raise ProtocolError(f"{name} {when}: spawn answers come only from a ready preloader")
         elif self.answers >= self.requests:
             raise ProtocolError(f"{name} would be answer {self.answers + 1} to {self.requests} SpawnWorker"
                                 " request(s): the limit is one answer per request")

@@ -155,6 +155,22 @@ def test_reload_with_a_broken_edit_keeps_the_old_code_serving(server_factory, tm
     assert server.proc.poll() is None
 
 
+def test_reload_watches_a_new_module_whose_import_failed(server_factory, tmp_path):
+    """The edit adds ``import helper`` and helper.py is broken: the old generation never read
+    helper.py, the failed one did; saving the fixed helper.py alone reloads."""
+    write_app(tmp_path / "versioned.py", "v1")
+    server = server_factory(*SMART, "-w", "1", "--reload", "versioned:app", env=NO_PYC)
+    server.wait_workers(1)
+    server.wait_log("ready, loaded in")
+    (tmp_path / "helper.py").write_text("VERSION = 'v2-from-helper'\nthis is not python\n")
+    write_app(tmp_path / "versioned.py", "unused", extra="from helper import VERSION")
+    server.wait_log("generation 1 keeps serving; fix the code and reload")
+    assert versions(server, 3) == ["v1"] * 3
+    (tmp_path / "helper.py").write_text("VERSION = 'v2-from-helper'\n")
+    wait_for(lambda: versions(server, 3) == ["v2-from-helper"] * 3, timeout=20, what="the fixed helper's answers")
+    server.wait_log(f"reloading: {tmp_path / 'helper.py'} modified")
+
+
 def test_reload_extra_file_change_reloads(server_factory, tmp_path):
     data = tmp_path / "version.txt"
     data.write_text("from-file-1")

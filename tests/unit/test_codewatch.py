@@ -148,6 +148,21 @@ def test_a_new_preloaders_list_replaces_the_old_and_is_bounded(tmp_path: Path) -
     assert not t.pools["shop"].reload_requested  # missing files change nothing
 
 
+def test_a_failed_imports_list_adds_to_the_serving_ones(tmp_path: Path) -> None:
+    t, _ = table(("shop", "smart"))
+    watch = CodeWatch(t, t.log)
+    watch.configure(str(tmp_path))
+    shop, helper = tmp_path / "shop.py", tmp_path / "helper.py"
+    watch.files_reported("shop", 101, [(str(shop), touch(shop, "v1"))], 0.0)
+    watch.files_reported("shop", 202, [(str(helper), touch(helper, "broken"))], 0.0, current=False)
+    assert set(watch.watched["shop"].files) == {str(shop), str(helper)}
+    assert watch.watched["shop"].reporter == 101
+    touch(helper, "fixed")
+    watch.tick(1.0)
+    watch.tick(1.0 + SETTLE)
+    assert t.pools["shop"].reload_requested
+
+
 def test_direct_apps_and_unknown_apps_are_not_watched(tmp_path: Path) -> None:
     t, _ = table(("blog", "direct"))
     watch = CodeWatch(t, t.log)

@@ -1102,7 +1102,7 @@ def test_watch_frames_stop_at_the_bounds() -> None:
     assert len(long_paths) == wire.MAX_WATCH_FRAMES
 
 
-def test_watch_files_only_from_a_ready_preloader_and_bounded_in_frames() -> None:
+def test_watch_files_only_after_the_load_report_and_bounded_in_frames() -> None:
     order = EventOrder()
     with pytest.raises(ProtocolError, match="before PreloaderReady"):
         order.check(WatchFiles("1 /a.py"))
@@ -1112,7 +1112,11 @@ def test_watch_files_only_from_a_ready_preloader_and_bounded_in_frames() -> None
         order.check(WatchFiles("1 /a.py"))
     with pytest.raises(ProtocolError, match="the limit is 64 per preloader"):
         order.check(WatchFiles("1 /a.py"))
-    failed = EventOrder()
+    failed = EventOrder()  # a failed import lists what it read too: fixing those files reloads
     failed.check(PreloaderFailed(error="x", traceback=""))
-    with pytest.raises(ProtocolError, match="after PreloaderFailed"):
+    for _ in range(wire.MAX_WATCH_FRAMES):
         failed.check(WatchFiles("1 /a.py"))
+    with pytest.raises(ProtocolError, match="the limit is 64 per preloader"):
+        failed.check(WatchFiles("1 /a.py"))
+    with pytest.raises(ProtocolError, match="after PreloaderFailed"):
+        failed.check(SpawnFailed(age=1, error="x"))
