@@ -19,10 +19,11 @@ second (1000 spawn answers at once take half; no preloader forks 2000
 workers a second). Order: one load report, first, then one answer per
 ``SpawnWorker`` sent (:class:`EventOrder`), so what a preloader makes the
 master log is bounded by what the master asked of it. Reads: 32 of 64 KiB
-per ``receive()``. With ``--reload``, a ready preloader may also send the
-files its import read (``WatchFiles``): at most 64 frames of 48 KiB, 20,000
-absolute paths of up to 4096 characters, each with its mtime; the master
-watches them and can do nothing with them but reload that same app. The
+per ``receive()``. With ``--reload``, a preloader may also send, after its
+load report, the files its import read (``WatchFiles``): at most 64 frames
+of 48 KiB, 20,000 absolute paths of up to 4096 characters, each with its
+mtime; the master watches them and can do nothing with them but reload that
+same app. The
 preloader's end (``COMMANDS``) takes frames up to 1 MiB and holds at most one
 descriptor ahead of its frame.
 
