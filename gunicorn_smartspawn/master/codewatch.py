@@ -136,7 +136,10 @@ class CodeWatch:
                 new.files.setdefault(path, _mtime(path))
             self.watched[name] = new
             if old is None:
-                self.log.info("app=%s reload watches its code (reload_engine=%s, from the master)", name, engine)
+                self.log.info(
+                    "app=%s reload: the master watches its code by %s (reload_engine=%s); for development only",
+                    name, engine, spec.cfg.reload_engine,
+                )
             self._watch_dirs(new, list(new.files))
             self._expand(new)
         wants_inotify = any(w.engine == "inotify" for w in self.watched.values())
@@ -221,8 +224,8 @@ class CodeWatch:
             watched.debounce.change(now, path)
 
     def _reload(self, name: str, paths: list[str], more: int, now: float) -> None:
-        pool = self.apps.pools.get(name)
-        if pool is None or self.apps.specs[name].removed:
+        pool, spec = self.apps.pools.get(name), self.apps.specs.get(name)
+        if pool is None or spec is None or spec.removed:
             return
         what = ", ".join(cut_text(p, 200) for p in paths) + (f" and {more} more" if more else "")
         pool.request_reload(now)

@@ -394,6 +394,6 @@ def test_preload_added_to_a_direct_config_is_ignored_on_hup(server_factory, tmp_
 
 def test_reload_flag_with_smart_spawning_is_the_masters(server_factory):
     server = server_factory(*SMART, "-w", "1", "--reload", "probe_app:app")
-    server.wait_log("app=probe_app reload watches its code")  # (test_reload.py edits files)
+    server.wait_log("app=probe_app reload: the master watches its code")  # (test_reload.py edits files)
     server.wait_workers(1)
     assert "restarts workers from the preloader" not in server.log()

@@ -108,7 +108,7 @@ def test_reload_in_smart_mode_loads_an_edited_file(server_factory, tmp_path):
     server = server_factory(*SMART, "-w", "2", "--reload", "versioned:app", env=NO_PYC)
     old_workers = server.wait_workers(2)
     [old_preloader] = server.preloaders()
-    server.wait_log("app=versioned reload watches its code (reload_engine=inotify")
+    server.wait_log("app=versioned reload: the master watches its code by inotify (reload_engine=auto)")
     assert server.get_json("/")["version"] == "v1"
     with Load(server, timeout=5) as load:
         wait_for(lambda: len(load.answers("version")) > 20, what="load to run")
@@ -188,7 +188,7 @@ def test_reload_poll_engine(server_factory, tmp_path):
     write_app(tmp_path / "versioned.py", "v1")
     server = server_factory(*SMART, "-w", "1", "--reload", "--reload-engine", "poll", "versioned:app", env=NO_PYC)
     server.wait_workers(1)
-    server.wait_log("reload watches its code (reload_engine=poll")
+    server.wait_log("reload: the master watches its code by poll (reload_engine=poll)")
     server.wait_log("ready, loaded in")
     write_app(tmp_path / "versioned.py", "v2")
     wait_for(lambda: versions(server, 3) == ["v2"] * 3, timeout=20, what="v2 answers")
@@ -200,7 +200,7 @@ def test_reload_in_direct_mode_is_stock_gunicorns(server_factory, tmp_path):
     server = server_factory(*DIRECT, "-w", "2", "--reload", "versioned:app", env=NO_PYC)
     server.wait_workers(2)
     server.wait_serving()
-    assert "reload watches its code" not in server.log(), "the master watches no direct app"
+    assert "the master watches its code" not in server.log(), "the master watches no direct app"
 
     def saved_and_served() -> bool:
         # stock gunicorn's poll reloader takes its first mtimes in a thread of a worker that may
