@@ -8,7 +8,9 @@ select loop, with no thread (it forks):
 
 * what: the files of the modules each ready preloader's import brought in
   (``WatchFiles``, bounded in wire/messages.py: a preloader's list can only
-  ever reload that same app), each with the mtime the preloader saw, plus
+  ever reload that same app), each with the mtime the preloader saw; a
+  failed import's list (what it read, what its traceback names) is added, so
+  fixing a new module that broke the import reloads too; plus
   the app's ``reload_extra_files`` (globs re-expanded every second on
   gunicorn 27, as its reloader does);
 * how (``reload_engine``): ``poll`` stats every file once a second;
