@@ -9,6 +9,7 @@ docs/architecture.md, "gunicorn versions"):
   ``WAKEUP_REQUEST`` sentinel;
 * 25+ has a dirty arbiter child and counts spawns in ``_stats``;
 * 25.1+ serves ``gunicornc`` from a control thread (``_control_server``);
+* 27 reads ``reload_extra_files`` entries with ``*?[`` as globs, re-expanded per check;
 * 27 gives each worker its own ``--reuse-port`` listener, which the arbiter
   leaves unbound (``LISTENERS`` empty).
 """
@@ -77,3 +78,11 @@ def per_worker_listeners(cfg: Any, sockets: list[Any], log: Any) -> list[Any]:
     from gunicorn import sock
 
     return list(sock.create_sockets(cfg, log))
+
+
+def is_reload_pattern(entry: str) -> bool:
+    """A ``reload_extra_files`` entry gunicorn re-expands as a glob (27+); 23 takes every entry as a path."""
+    from gunicorn import util
+
+    probe = getattr(util, "is_glob_pattern", None)
+    return bool(probe(entry)) if probe is not None else False

@@ -10,8 +10,10 @@ the memory tool all go through it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -168,3 +170,57 @@ class CloneParent:
         if pid < 0:
             raise OSError(err, f"clone(CLONE_PARENT) failed: {os.strerror(err)}")
         return pid
+
+
+#: inotify events that may mean a file in a watched directory has new content.
+IN_CHANGED: Final = 0x2 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200  # MODIFY CLOSE_WRITE MOVED_FROM MOVED_TO CREATE DELETE
+IN_Q_OVERFLOW: Final = 0x4000
+_IN_ONLYDIR: Final = 0x01000000
+_INOTIFY_EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
+
+
+class Inotify:
+    """An inotify descriptor (non-blocking, close-on-exec) watching directories, read in the caller's select."""
+
+    def __init__(self) -> None:
+        libc = _libc()
+        if libc is None or not hasattr(libc, "inotify_init1"):
+            raise OSError(errno.ENOSYS, "inotify is not available")
+        self._libc = libc
+        self.fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        if self.fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+
+    def add_dir(self, path: str) -> int:
+        """Watch directory ``path`` for changed entries; its watch descriptor (OSError on failure)."""
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), IN_CHANGED | _IN_ONLYDIR))
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+        return wd
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """(wd, mask, name) of each event waiting now; [] when none."""
+        try:
+            data = os.read(self.fd, 64 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return []
+        return parse_inotify(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def parse_inotify(data: bytes) -> list[tuple[int, int, str]]:
+    """The events in one read of an inotify descriptor."""
+    events, offset = [], 0
+    while offset + _INOTIFY_EVENT.size <= len(data):
+        wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, offset)
+        offset += _INOTIFY_EVENT.size
+        name = data[offset : offset + length].split(b"\0", 1)[0]
+        offset += length
+        events.append((wd, mask, os.fsdecode(name)))
+    return events

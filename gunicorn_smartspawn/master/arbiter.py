@@ -16,6 +16,7 @@ overrides, each delegating to one composed object::
     reaper    Reaper     waitpid, and what preloaders say on their channels
     loop      Loop       the select over signals, channels and services
     metrics   Metrics    statsd gauges
+    codewatch CodeWatch  --reload for smart apps: changed code starts a new generation
     services  [Service]  the control socket (attached by the hook, from control/)
 """
 
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gunicorn import sock, util
+from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
@@ -39,6 +40,7 @@ from gunicorn_smartspawn.master import pool as poolmod
 from gunicorn_smartspawn.master import shutdown, unavailable
 from gunicorn_smartspawn.master.apps import AppTable
 from gunicorn_smartspawn.master.children import Children
+from gunicorn_smartspawn.master.codewatch import CodeWatch
 from gunicorn_smartspawn.master.dynamic import DynamicPools
 from gunicorn_smartspawn.master.loop import Loop, Service
 from gunicorn_smartspawn.master.metrics import Metrics
@@ -101,10 +103,12 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             self.dynamic = DynamicPools(self)
             self.readiness = Readiness(self)
             self.reforker = Reforker(self)
+            self.codewatch = CodeWatch(self.apps, self.log)
         self.apps.multi = bool(app.cfg.apps)
         for note in notes:
             self.log.warning(note)
         self._added = self.apps.configure(self.cfg, self.app, self.num_workers)
+        self.codewatch.configure(util.getcwd())  # --reload: the master watches smart apps' code
         try:
             self.dynamic.configure(self.num_workers)
         except ValueError as exc:
@@ -130,7 +134,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         if not self.multi:
             for spec in self.apps.specs.values():
                 spec.listeners = list(self.LISTENERS)
-        self.services = [*(factory(self) for factory in self._service_factories), self.reforker]
+        self.services = [self.codewatch, *(f(self) for f in self._service_factories), self.reforker]
         self.started = True
 
     def init_signals(self) -> None:
@@ -155,7 +159,8 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def _wait(self, timeout: float) -> None:
         channels = {c.channel.fileno(): c for c in self.children.of_role("preloader") if c.channel is not None}
-        timeout = min(timeout, self.dynamic.poll)  # a dynamic app that may grow: look at its queue often
+        # a dynamic app that may grow: look at its queue often; a changed file's reload is due
+        timeout = min(timeout, self.dynamic.poll, self.codewatch.timeout(time.monotonic()))
         watch = self.dynamic.watch_fds()  # apps at zero workers: a connection wakes the master
         watch += [lnr.fileno() for spec in unavailable.apps(self) for lnr in spec.listeners]
         self.loop.wait(timeout, channels, self.services, self.reaper.reap, self.reaper.read, watch)
@@ -353,7 +358,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         self.app.reload()
         self.setup(self.app)
         self.log.reopen_files()
-        self._rebind(old_address)
+        listenersmod.rebind_after_reload(self, old_address)
         self.cfg.on_reload(self)
         if self.pidfile is not None:
             self.pidfile.unlink()
@@ -369,21 +374,6 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             pool.request_reload(now)
             self.log.info("app=%s reloading: generation %d", pool.name, pool.generation + (pool.spawn_method == "smart"))
         self.manage_workers()
-
-    def _rebind(self, old_address: Any) -> None:
-        if self.multi:
-            failed = listenersmod.bind_apps(self.apps.specs.values(), self.cfg, self.log, strict=False)
-            for name, error in failed.items():
-                self.apps.bind_failed(name, error, added=name in self._added)
-            self.LISTENERS = self.apps.all_listeners()
-            return
-        if old_address != self.cfg.address:
-            for lnr in self.LISTENERS:
-                lnr.close()
-            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
-            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
-        for spec in self.apps.specs.values():
-            spec.listeners = list(self.LISTENERS)
 
     def stop(self, graceful: bool = True) -> None:
         shutdown.stop(self, graceful)

@@ -124,3 +124,20 @@ def revive(master: Any, now: float) -> None:
                 other.listeners = [fresh if lnr is listener else lnr for lnr in other.listeners]
             master.LISTENERS = [fresh if lnr is listener else lnr for lnr in master.LISTENERS]
             master.apps.pools[spec.name].request_reload(now)
+
+
+def rebind_after_reload(master: Any, old_address: Any) -> None:
+    """After a HUP: bind what the new configuration names (multi-app: each app's), keep the rest."""
+    if master.multi:
+        failed = bind_apps(master.apps.specs.values(), master.cfg, master.log, strict=False)
+        for name, error in failed.items():
+            master.apps.bind_failed(name, error, added=name in master._added)
+        master.LISTENERS = master.apps.all_listeners()
+        return
+    if old_address != master.cfg.address:
+        for lnr in master.LISTENERS:
+            lnr.close()
+        master.LISTENERS = sock.create_sockets(master.cfg, master.log)
+        master.log.info("Listening at: %s", ",".join(str(lnr) for lnr in master.LISTENERS))
+    for spec in master.apps.specs.values():
+        spec.listeners = list(master.LISTENERS)

@@ -19,7 +19,15 @@ from gunicorn_smartspawn import _compat, _linux
 from gunicorn_smartspawn.errors import ProtocolError, describe_status, exit_code
 from gunicorn_smartspawn.master.children import Child
 from gunicorn_smartspawn.master.pool import AppPool
-from gunicorn_smartspawn.wire import PreloaderFailed, PreloaderReady, SpawnFailed, WorkerSpawned, cut_text
+from gunicorn_smartspawn.wire import (
+    PreloaderFailed,
+    PreloaderReady,
+    SpawnFailed,
+    WatchFiles,
+    WorkerSpawned,
+    cut_text,
+    watch_entries,
+)
 
 if TYPE_CHECKING:
     from gunicorn_smartspawn.master.arbiter import SmartArbiter
@@ -153,6 +161,10 @@ class Reaper:
                 error = cut_text(message.error, MAX_LOGGED_ERROR)
                 self.log.error("app=%s spawn of worker age=%d failed: %s", child.app, message.age, error)
                 pool.spawn_failed(message.age, error, now)
+            elif isinstance(message, WatchFiles):
+                # --reload: the serving preloader's list replaces the last one; another's (a failed import) adds
+                current = pool.preloader is not None and pool.preloader.pid == child.pid
+                self.master.codewatch.files_reported(child.app, child.pid, watch_entries(message.files), now, current)
         if pool.is_stopping(child.pid) and child.channel is not None:
             self.spawner.finish_stop(child)
 

@@ -14,7 +14,7 @@ from gunicorn_smartspawn.worker import models
 
 
 def setup_notes(app: Any, reloading: bool) -> list[str]:
-    """Refuse what cannot run; adjust and explain what can (``preload_app``, ``reload``)."""
+    """Refuse what cannot run; adjust and explain what can (``preload_app``)."""
     cfg = app.cfg
     apps = cfg.apps or {}
     if apps and getattr(app, "app_uri", None):
@@ -52,10 +52,4 @@ def setup_notes(app: Any, reloading: bool) -> list[str]:
                 "preloader process, not in the master"
             )
         cfg.set("preload_app", False)
-    if cfg.reload and "smart" in methods:
-        notes.append(
-            "reload=True (--reload) restarts workers from the preloader, which keeps the code it "
-            "imported: to load changed code, send HUP or touch tmp/restart.txt, or use "
-            "--spawn-method=direct with --reload"
-        )
     return notes

@@ -52,6 +52,7 @@ from gunicorn_smartspawn.wire import (
     SpawnWorker,
     WorkerSpawned,
     cut_text,
+    watch_frames,
 )
 from gunicorn_smartspawn.worker import models as worker_models
 from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
@@ -145,7 +146,7 @@ class Preloader:
         if self.gc_freeze:
             gc.disable()
         started = time.perf_counter()
-        prepared = self._import()
+        prepared = self._import(inherited)
         if prepared is None:
             return False
         load_seconds = time.perf_counter() - started
@@ -167,9 +168,21 @@ class Preloader:
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
         )
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
+        self._send_watch(inherited)
         return True
 
-    def _import(self) -> str | None:
+    def _send_watch(self, inherited: set[str], failure: BaseException | None = None) -> None:
+        """--reload: the files the import read, for the master to watch (after a failed import,
+        with those its traceback names: a fix of the module that failed must reload too)."""
+        if self.cfg.reload:
+            files = module_files(inherited) + (failure_files(failure) if failure is not None else [])
+            for frame in watch_frames(files):
+                try:
+                    self.channel.send(frame)
+                except OSError:
+                    return  # the master is gone (the serve loop sees EOF) or stopped this preloader
+
+    def _import(self, inherited: set[str]) -> str | None:
         """The request model's preparation, then the app's import and its check against the model:
         what was prepared, for the log (``""`` if nothing); None when it failed (reported)."""
         try:
@@ -189,6 +202,7 @@ class Preloader:
             )
             first_line = error.splitlines()[0] if error else type(exc).__name__
             self._send(PreloaderFailed(error=cut_text(first_line), traceback=cut_text(tb)))
+            self._send_watch(inherited, exc)
             return None
         return f", {done}" if done else ""
 
@@ -315,3 +329,41 @@ def code_fingerprint(inherited: set[str] | frozenset[str] = frozenset()) -> str:
             continue
         digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def module_files(inherited: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+    """(source path, st_mtime_ns) of each module the app's import brought in, as gunicorn's
+    reloader sees them (a ``.pyc`` stands for its ``.py``); the master watches these."""
+    found: dict[str, int] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name in inherited or not isinstance(path, str):
+            continue
+        path = os.path.abspath(path[:-1] if path.endswith((".pyc", ".pyo")) else path)
+        try:
+            found.setdefault(path, os.stat(path).st_mtime_ns)
+        except OSError:
+            continue
+    return sorted(found.items())
+
+
+def failure_files(exc: BaseException) -> list[tuple[str, int]]:
+    """(path, st_mtime_ns) of the files a failed import's traceback names, with a SyntaxError's
+    own file: a module whose import failed is not in ``sys.modules``."""
+    paths: list[str] = []
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen and len(seen) < 10:
+        seen.add(id(current))
+        paths += [frame.filename for frame in traceback.extract_tb(current.__traceback__)]
+        if isinstance(current, SyntaxError) and current.filename:
+            paths.append(current.filename)
+        current = current.__cause__ or current.__context__
+    found: dict[str, int] = {}
+    for path in paths:
+        path = os.path.abspath(path)
+        try:
+            found.setdefault(path, os.stat(path).st_mtime_ns)
+        except OSError:
+            continue  # <frozen importlib._bootstrap>, <string>
+    return sorted(found.items())

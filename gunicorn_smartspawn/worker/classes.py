@@ -135,6 +135,10 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.model is None or self.model.threaded)
         if not self.forked:
             drop_root(self.cfg)  # a forked worker's preloader did, before it imported the app
+        else:
+            # --reload: the master watches the code and starts a new preloader generation; a
+            # reloader here would only restart this worker from the preloader's old code
+            self.cfg.set("reload", False)
         super().init_process()
 
     def init_signals(self) -> None:

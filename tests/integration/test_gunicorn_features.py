@@ -392,9 +392,11 @@ def test_preload_added_to_a_direct_config_is_ignored_on_hup(server_factory, tmp_
     assert server.get_json("/")["forked"] is False
 
 
-def test_reload_flag_with_smart_spawning_warns(server_factory):
+def test_reload_flag_with_smart_spawning_is_the_masters(server_factory):
     server = server_factory(*SMART, "-w", "1", "--reload", "probe_app:app")
-    server.wait_log("reload=True (--reload) restarts workers from the preloader")
+    server.wait_log("app=probe_app reload: the master watches its code")  # (test_reload.py edits files)
+    server.wait_workers(1)
+    assert "restarts workers from the preloader" not in server.log()
 
 
 @MODES

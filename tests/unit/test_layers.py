@@ -7,7 +7,7 @@ Layers, top to bottom (an import may point down, or sideways within its layer)::
     master     gunicorn_smartspawn.master.*
     preloader  gunicorn_smartspawn.preloader.*
     worker     gunicorn_smartspawn.worker.*
-    shared     errors, events, logging, _version, _compat, _linux, wire, scoreboard,
+    shared     errors, events, logging, _version, _compat, _linux, wire.*, scoreboard,
                config.*, forksafety.*, hook (its empty __init__), hook.state
 
 Every import counts, wherever it is: at module level, in a function (a
@@ -64,7 +64,7 @@ MODULE_LAYERS: Final[dict[str, str]] = {
     f"{ROOT}.hook.state": "shared",
     **{
         f"{ROOT}.{leaf}": "shared"
-        for leaf in ("errors", "events", "logging", "_version", "_compat", "_linux", "wire", "scoreboard")
+        for leaf in ("errors", "events", "logging", "_version", "_compat", "_linux", "scoreboard")
     },
 }
 #: Whole subpackages (the package's __init__ and everything below it).
@@ -74,6 +74,7 @@ PACKAGE_LAYERS: Final[dict[str, str]] = {
     f"{ROOT}.preloader": "preloader",
     f"{ROOT}.worker": "worker",
     f"{ROOT}.config": "shared",
+    f"{ROOT}.wire": "shared",
     f"{ROOT}.forksafety": "shared",
 }
 

@@ -36,11 +36,14 @@ from gunicorn_smartspawn.wire import (
     SpawnFailed,
     SpawnWorker,
     TokenBucket,
+    WatchFiles,
     WorkerSpawned,
     cut_text,
     decode_body,
     encode,
     fit,
+    watch_entries,
+    watch_frames,
 )
 
 MESSAGES = [
@@ -52,6 +55,7 @@ MESSAGES = [
     ),
     WorkerSpawned(age=7, pid=4400, fork_ms=8.25),
     SpawnFailed(age=8, error="[Errno 11] Resource temporarily unavailable"),
+    WatchFiles(files="1732960000123456789 /srv/app/wsgi.py\n0 /srv/app/caf\u00e9 d\u00e9j\u00e0.py"),
 ]
 
 
@@ -316,7 +320,7 @@ def test_event_frame_of_exactly_max_event_frame_bytes_is_accepted_one_more_is_no
 
 def test_commands_and_events_are_disjoint_and_complete() -> None:
     assert set(COMMANDS) == {"SpawnWorker"}
-    assert set(EVENTS) == {"PreloaderReady", "PreloaderFailed", "WorkerSpawned", "SpawnFailed"}
+    assert set(EVENTS) == {"PreloaderReady", "PreloaderFailed", "WorkerSpawned", "SpawnFailed", "WatchFiles"}
     assert not set(COMMANDS) & set(EVENTS)
     for name, cls in {**COMMANDS, **EVENTS}.items():
         assert cls.__name__ == name
@@ -1059,3 +1063,60 @@ def test_fuzz_master_end_never_keeps_a_descriptor(requests: int, chunks: list[tu
         master.close()
         raw.close()
     assert open_fds() == baseline
+
+
+# -- WatchFiles: the file list of a --reload preloader ------------------------------------------
+
+
+def test_watch_entries_reads_each_line() -> None:
+    assert watch_entries("5 /a b/c.py\n0 /x") == [("/a b/c.py", 5), ("/x", 0)]
+    assert watch_entries("") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x /a.py", "-1 /a.py", "5 a.py", "5", "1" * 21 + " /a.py", "5 /a\0b", "5 /" + "a" * wire.MAX_PATH, "5 /a\n\n"],
+    ids=["not-a-number", "negative", "relative", "no-path", "long-number", "nul", "long-path", "empty-line"],
+)
+def test_watch_entries_refuses_a_bad_line(text: str) -> None:
+    with pytest.raises(ProtocolError, match="WatchFiles line"):
+        watch_entries(text)
+    with pytest.raises(ProtocolError, match="WatchFiles line"):
+        decode_body(json.dumps({"type": "WatchFiles", "files": text}).encode())
+
+
+def test_watch_frames_pack_within_bounds_and_round_trip() -> None:
+    entries = [(f"/srv/app/pkg{i // 100}/m\u00e9\u2603{i}.py", 10**18 + i) for i in range(3000)]
+    frames = watch_frames([*entries, ("relative.py", 1), ("/new\nline.py", 1), ("/neg.py", -1)])
+    assert len(frames) > 1
+    back = [entry for f in frames for entry in decode_body(encode(f)[HEADER.size :]).files.split("\n")]  # type: ignore[union-attr]
+    assert [watch_entries(line)[0] for line in back] == entries
+    for f in frames:
+        assert len(encode(f)) <= MAX_EVENT_FRAME
+
+
+def test_watch_frames_stop_at_the_bounds() -> None:
+    many = watch_frames((f"/f{i}", 1) for i in range(wire.MAX_WATCH_FILES + 50))
+    assert sum(len(f.files.split("\n")) for f in many) == wire.MAX_WATCH_FILES
+    long_paths = watch_frames(("/" + "p" * 4000 + str(i), 1) for i in range(wire.MAX_WATCH_FILES))
+    assert len(long_paths) == wire.MAX_WATCH_FRAMES
+
+
+def test_watch_files_only_after_the_load_report_and_bounded_in_frames() -> None:
+    order = EventOrder()
+    with pytest.raises(ProtocolError, match="before PreloaderReady"):
+        order.check(WatchFiles("1 /a.py"))
+    order = EventOrder()
+    order.check(PreloaderReady(pid=5, load_seconds=1.0))
+    for _ in range(wire.MAX_WATCH_FRAMES):
+        order.check(WatchFiles("1 /a.py"))
+    with pytest.raises(ProtocolError, match="the limit is 64 per preloader"):
+        order.check(WatchFiles("1 /a.py"))
+    failed = EventOrder()  # a failed import lists what it read too: fixing those files reloads
+    failed.check(PreloaderFailed(error="x", traceback=""))
+    for _ in range(wire.MAX_WATCH_FRAMES):
+        failed.check(WatchFiles("1 /a.py"))
+    with pytest.raises(ProtocolError, match="the limit is 64 per preloader"):
+        failed.check(WatchFiles("1 /a.py"))
+    with pytest.raises(ProtocolError, match="after PreloaderFailed"):
+        failed.check(SpawnFailed(age=1, error="x"))
