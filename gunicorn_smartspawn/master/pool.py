@@ -212,10 +212,11 @@ class AppPool:
         if self.halt is not None:
             return [*actions, *self._stop_actions(), self.halt]
         may_start = now >= self.retry_at
-        if self.reload_requested and self.candidate is None and may_start:
-            self.reload_requested = False
+        starting = self.reload_requested and self.candidate is None and may_start
+        if starting:
             actions.append(act.StartPreloader(self.generation + 1))
-        actions.extend(self._fill_or_trim(may_start))
+        actions.extend(self._fill_or_trim(may_start))  # (while reload_requested, it starts no other preloader)
+        self.reload_requested = self.reload_requested and not starting
         actions.extend(self._backfill_previous(may_start))
         actions.extend(self._rotate_old_generations())
         self._idle_out_preloader(now)
@@ -255,8 +256,8 @@ class AppPool:
         if need > 0 and may_start:
             if self.spawn_method == "direct":
                 return [act.SpawnDirect(need)]
-            if self.preloader is None:
-                return [act.StartPreloader(self.generation)]
+            if self.preloader is None:  # none, or only the reload's candidate, which will serve
+                return [] if self.candidate is not None or self.reload_requested else [act.StartPreloader(self.generation)]
             return [act.SpawnFromPreloader(self.preloader.pid, need)]
         actions: list[act.Action] = []
         if need < 0:
@@ -337,8 +338,7 @@ class AppPool:
         return "starting"
 
     def preloader_pids(self) -> list[int]:
-        states = [self.preloader, self.candidate, self.previous, *self.retiring_preloaders.values()]
-        return [s.pid for s in states if s is not None]
+        return [s.pid for s in (self.preloader, self.candidate, self.previous, *self.retiring_preloaders.values()) if s]
 
     def is_stopping(self, pid: int) -> bool:
         """Was the master told to stop preloader ``pid``?"""

@@ -395,6 +395,26 @@ def test_preloader_failure_backs_off_exponentially_when_not_halting() -> None:
     assert m.tick(now + 0.1) == []
 
 
+def test_a_restart_during_backoff_starts_one_preloader_not_two() -> None:
+    # `smartspawn restart APP` while the app backs off: the reload's preloader alone, no retry beside it
+    m = Master(smart_pool(target=2, halt_on_boot_failure=False))
+    m.tick(0.0)
+    preloader = m.preloader_pid()
+    m.now = 0.0
+    m.preloader_failed(preloader, "SyntaxError")
+    m.preloader_exit(preloader, exited(PRELOADER_LOAD_ERROR))
+    assert m.pool.preloader is None and m.pool.retry_at > 0.5
+    m.pool.request_reload(0.5)
+    actions = m.tick(0.5)
+    assert [a for a in actions if isinstance(a, StartPreloader)] == [StartPreloader(2)]
+    assert not m.pool.reload_requested
+    # a second restart while that one loads replaces it: still one preloader starting
+    m.pool.request_reload(0.8)
+    actions = m.tick(0.8)
+    assert [a for a in actions if isinstance(a, StartPreloader)] == [StartPreloader(2)]
+    assert [a for a in actions if isinstance(a, StopPreloader)] != []
+
+
 def test_spawn_requests_at_a_preloader_that_failed_to_load_are_reported_lost() -> None:
     # e.g. a preloader restarted after an idle stop finds broken code on disk
     m, old, workers = booted_smart(target=2, idle_timeout=60.0)
