@@ -42,6 +42,7 @@ from gunicorn_smartspawn.errors import (
     WORKER_REPARENT_TIMEOUT,
     ProtocolError,
 )
+from gunicorn_smartspawn.preloader import warmup
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.wire import (
     COMMANDS,
@@ -149,6 +150,7 @@ class Preloader:
         if prepared is None:
             return False
         load_seconds = time.perf_counter() - started
+        self._warm_up()
         self.fork_findings = forksafety.inspect_preloader(
             self.log,
             self.app_name,
@@ -191,6 +193,19 @@ class Preloader:
             self._send(PreloaderFailed(error=cut_text(first_line), traceback=cut_text(tb)))
             return None
         return f", {done}" if done else ""
+
+    def _warm_up(self) -> None:
+        """``preloader_warmup``: the requests run through the app before the fork (warmup.py); the
+        fork-safety inspection that follows finds what connections they left open."""
+        requests = list(getattr(self.cfg, "preloader_warmup", None) or [])
+        if requests:
+            where = f"app={self.app_name} preloader gen={self.generation} pid={os.getpid()}"
+            loaded = self.app.wsgi()  # gunicorn's application objects load once and keep the callable
+            kind = self.model.interface if self.model is not None else None
+            if kind not in ("wsgi", "asgi"):
+                kind = worker_models.interface_of(loaded)
+            timeout = int(getattr(self.cfg, "preloader_warmup_timeout", 30) or 0)
+            warmup.run(loaded, kind, requests, timeout, self.log, where)
 
     def _choose_fork(self) -> str:
         """Settle how workers are created; says which, for the log."""
