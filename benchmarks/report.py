@@ -844,8 +844,8 @@ def _gc_findings(results):
                _effect(col["collected"]["total_pss"], rec["collected"]["total_pss"])))
     if warm and smart:
         out.append(
-            "- **Warming the app in the preloader** (`smart-warm`: a `preloader_loaded` "
-            "callback sends %d requests through the WSGI app in-process, then closes the "
+            "- **Warming the app in the preloader** (`smart-warm`: `preloader_warmup` "
+            "sends %d requests through the WSGI app in-process, then closes the "
             "database connections, before the preloader collects, freezes and forks; "
             "`benchmarks/conf/smart_warm.py`): after the requests it %s (%s vs %s; private "
             "per worker %s vs %s); right after boot the total is %s vs %s."

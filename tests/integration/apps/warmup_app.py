@@ -61,8 +61,8 @@ def _cache():
         host, port = MEMCACHED.rsplit(":", 1)
         CACHE.append(Client((host, int(port)), connect_timeout=2, timeout=2))
     client = CACHE[0]
-    client.set("wu-%d" % os.getpid(), b"x")
-    ok = client.get("wu-%d" % os.getpid()) == b"x"
+    client.set(f"wu-{os.getpid()}", b"x")
+    ok = client.get(f"wu-{os.getpid()}") == b"x"
     return {"ok": ok, "port": client.sock.getsockname()[1]}
 
 
