@@ -900,10 +900,8 @@ def _suggestions(results):
     if warm and smart:
         d = warm["after"]["total_pss"] / smart["after"]["total_pss"] - 1
         if d < -0.01:
-            out.append("- Warming in the preloader saved %s (%s): document the "
-                       "`preloader_loaded` warm-up pattern (send a few requests through the "
-                       "app in-process, then close database connections), or offer a "
-                       "`preloader_warmup` setting that takes a list of paths."
+            out.append("- Warming in the preloader saved %s (%s): set `preloader_warmup` "
+                       "to a few paths of each kind of page (docs/configuration.md)."
                        % (pct(d), mib(smart["after"]["total_pss"] - warm["after"]["total_pss"])))
         else:
             out.append("- Warming in the preloader did not lower memory here (%+.1f %%): "
