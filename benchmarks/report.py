@@ -845,8 +845,8 @@ def _gc_findings(results):
                _effect(col["collected"]["total_pss"], rec["collected"]["total_pss"])))
     if warm and smart:
         out.append(
-            "- **Warming the app in the preloader** (`smart-warm`: a `preloader_loaded` "
-            "callback sends %d requests through the WSGI app in-process, then closes the "
+            "- **Warming the app in the preloader** (`smart-warm`: `preloader_warmup` "
+            "sends %d requests through the WSGI app in-process, then closes the "
             "database connections, before the preloader collects, freezes and forks; "
             "`benchmarks/conf/smart_warm.py`): after the requests it %s (%s vs %s; private "
             "per worker %s vs %s); right after boot the total is %s vs %s."
@@ -901,10 +901,8 @@ def _suggestions(results):
     if warm and smart:
         d = warm["after"]["total_pss"] / smart["after"]["total_pss"] - 1
         if d < -0.01:
-            out.append("- Warming in the preloader saved %s (%s): document the "
-                       "`preloader_loaded` warm-up pattern (send a few requests through the "
-                       "app in-process, then close database connections), or offer a "
-                       "`preloader_warmup` setting that takes a list of paths."
+            out.append("- Warming in the preloader saved %s (%s): set `preloader_warmup` "
+                       "to a few paths of each kind of page (docs/configuration.md)."
                        % (pct(d), mib(smart["after"]["total_pss"] - warm["after"]["total_pss"])))
         else:
             out.append("- Warming in the preloader did not lower memory here (%+.1f %%): "

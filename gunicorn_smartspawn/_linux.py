@@ -48,6 +48,28 @@ def set_parent_death_signal(sig: int) -> bool:
     return prctl(PR_SET_PDEATHSIG, sig)
 
 
+def malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: hand the free pages of the C heap back to the kernel.
+
+    False where the C library has none (musl) or nothing was released."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
+def resident_bytes() -> int:
+    """This process's resident set, from ``/proc/self/statm`` (0 if unreadable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def os_thread_count() -> int:
     """Threads of this process as the kernel sees them (native ones included)."""
     try:

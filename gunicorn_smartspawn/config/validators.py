@@ -222,6 +222,63 @@ def socket_path(value: Any) -> str | None:
     return value
 
 
+#: The most requests a warm-up may list, and the longest one.
+WARMUP_MAX_REQUESTS: Final = 200
+WARMUP_MAX_TARGET: Final = 2048
+_WARMUP_EXPECTED: Final = (
+    "a list of requests such as ['/', 'GET /health', 'HEAD http://example.com/'] (or one string, "
+    "comma-separated): a path starting with '/' or an http(s) URL, optionally after a method in capitals"
+)
+
+
+def warmup_requests(value: Any) -> list[str] | None:
+    """The preloader's warm-up: each request as ``"METHOD target"``; None (the default) or empty: none.
+
+    A string is split on commas (the command line's form); a target is a path
+    (``/x?y=1``) or an absolute ``http(s)://host/path`` URL (its host becomes
+    the request's ``Host``). The preloader parses these with :func:`split_request`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip():
+        return []
+    entries = value.split(",") if isinstance(value, str) else value
+    if not isinstance(entries, (list, tuple)) or len(entries) > WARMUP_MAX_REQUESTS:
+        raise ValueError(f"{_WARMUP_EXPECTED}; at most {WARMUP_MAX_REQUESTS} requests")
+    normalised = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(_WARMUP_EXPECTED)
+        parts = entry.split()
+        if len(parts) == 1:
+            parts = ["GET", *parts]
+        if len(parts) != 2 or not split_request(f"{parts[0]} {parts[1]}"):
+            raise ValueError(f"{_WARMUP_EXPECTED}; {entry!r} is not one")
+        normalised.append(f"{parts[0]} {parts[1]}")
+    return normalised
+
+
+def split_request(text: str) -> tuple[str, str, str, str, str] | None:
+    """``"METHOD target"`` -> (method, scheme, host, path, query), or None if it is not one."""
+    method, _, target = text.partition(" ")
+    if not (0 < len(method) <= 16 and method.isascii() and method.isalpha() and method.isupper()):
+        return None
+    if not (0 < len(target) <= WARMUP_MAX_TARGET) or not target.isprintable() or any(c.isspace() for c in target):
+        return None
+    scheme, host = "http", ""
+    for prefix in ("http://", "https://"):
+        if target.lower().startswith(prefix):
+            scheme = prefix[:-3]
+            host, slash, rest = target[len(prefix):].partition("/")
+            if not host or "@" in host:
+                return None
+            target = slash + rest if slash else "/"
+    if not target.startswith("/"):
+        return None
+    path, _, query = target.partition("?")
+    return method, scheme, host, path, query.partition("#")[0]
+
+
 #: The plugin's own settings that an ``apps`` entry may also set, with their one check.
 PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "spawn_method": choice(
@@ -243,6 +300,8 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     ),
     "fork_safety_libraries": boolean,
     "smart_worker_class": worker_class,
+    "preloader_warmup": warmup_requests,
+    "preloader_warmup_timeout": whole_seconds("0 sets no limit"),
     "min_workers": optional_count,
     "max_workers": optional_count,
     "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),

@@ -208,7 +208,8 @@ class Apps(Explicit, Setting):  # type: ignore[misc]
         Config file only. Each entry needs ``app`` ('module:callable') and
         ``bind`` (an address or a list), and may set ``workers``,
         ``threads``, ``spawn_method``, ``smart_worker_class``, ``preloader_idle_timeout``,
-        ``preloader_start_timeout``, ``spawn_timeout``, ``min_workers``,
+        ``preloader_start_timeout``, ``spawn_timeout``, ``preloader_warmup``,
+        ``preloader_warmup_timeout``, ``min_workers``,
         ``max_workers``, ``worker_idle_timeout``, ``friendly_errors``, ``refork_after``, ``gc_freeze``,
         ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
@@ -321,7 +322,11 @@ class ForkSafetyLibraries(Explicit, _FlagPairOption, Setting):  # type: ignore[m
         """
 
 
-from gunicorn_smartspawn.hook import pool_settings, refork_settings  # noqa: E402, F401  (register their settings)
+from gunicorn_smartspawn.hook import (  # noqa: E402, F401  (register their settings)
+    pool_settings,
+    refork_settings,
+    warmup_settings,
+)
 
 PLUGIN_SETTINGS: Final = (
     "apps",
@@ -331,6 +336,8 @@ PLUGIN_SETTINGS: Final = (
     "preloader_idle_timeout",
     "preloader_start_timeout",
     "spawn_timeout",
+    "preloader_warmup",
+    "preloader_warmup_timeout",
     "min_workers",
     "max_workers",
     "worker_idle_timeout",

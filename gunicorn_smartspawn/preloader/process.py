@@ -2,7 +2,8 @@
 
 Life of a preloader (one per smart app and generation)::
 
-    master --fork--> preloader: import app (gc disabled), gc.collect(), send PreloaderReady
+    master --fork--> preloader: import app (gc disabled), preloader_warmup (warmup.py),
+                       gc.collect(), malloc_trim(), send PreloaderReady
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
@@ -42,6 +43,7 @@ from gunicorn_smartspawn.errors import (
     WORKER_REPARENT_TIMEOUT,
     ProtocolError,
 )
+from gunicorn_smartspawn.preloader import warmup
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.wire import (
     COMMANDS,
@@ -150,6 +152,7 @@ class Preloader:
         if prepared is None:
             return False
         load_seconds = time.perf_counter() - started
+        self._warm_up()
         self.fork_findings = forksafety.inspect_preloader(
             self.log,
             self.app_name,
@@ -161,11 +164,13 @@ class Preloader:
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
             gc.collect()
+        trimmed = _release_free_heap()
+        if self.gc_freeze:
             gc.freeze()
         how = self._choose_fork()
         self.log.info(
-            "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
-            self.app_name, self.generation, os.getpid(), load_seconds, how, prepared,
+            "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
+            self.app_name, self.generation, os.getpid(), load_seconds, how, prepared, trimmed / 1048576,
         )
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
         self._send_watch(inherited)
@@ -205,6 +210,19 @@ class Preloader:
             self._send_watch(inherited, exc)
             return None
         return f", {done}" if done else ""
+
+    def _warm_up(self) -> None:
+        """``preloader_warmup``: the requests run through the app before the fork (warmup.py); the
+        fork-safety inspection that follows finds what connections they left open."""
+        requests = list(getattr(self.cfg, "preloader_warmup", None) or [])
+        if requests:
+            where = f"app={self.app_name} preloader gen={self.generation} pid={os.getpid()}"
+            loaded = self.app.wsgi()  # gunicorn's application objects load once and keep the callable
+            kind = self.model.interface if self.model is not None else None
+            if kind not in ("wsgi", "asgi"):
+                kind = worker_models.interface_of(loaded)
+            timeout = int(getattr(self.cfg, "preloader_warmup_timeout", 30) or 0)
+            warmup.run(loaded, kind, requests, timeout, self.log, where)
 
     def _choose_fork(self) -> str:
         """Settle how workers are created; says which, for the log."""
@@ -302,6 +320,16 @@ class Preloader:
                 self.log.exception("app=%s pid=%d could not become the next preloader", self.app_name, os.getpid())
                 leave(PRELOADER_CRASHED)
         leave(code)
+
+
+def _release_free_heap() -> int:
+    """``malloc_trim``: the C heap's free pages, left by the import's temporaries, go back to the
+    kernel before the first fork instead of being inherited, resident, by every worker
+    (docs/memory.md). The bytes released (0 without glibc)."""
+    before = _linux.resident_bytes()
+    if not _linux.malloc_trim():
+        return 0
+    return max(0, before - _linux.resident_bytes())
 
 
 def _exit_on_sigterm(sig: int, frame: Any) -> None:

@@ -140,8 +140,8 @@ def test_an_unknown_key_gets_a_did_you_mean(key: str, suggestion: str) -> None:
 
 
 def test_an_unknown_key_without_a_near_miss_lists_the_known_keys() -> None:
-    message = refused({"shop": entry(preload_app=True)})
-    assert message == f"apps['shop'] has an unknown key 'preload_app'; known keys: {', '.join(sorted(KEYS))}"
+    message = refused({"shop": entry(colour_scheme=True)})
+    assert message == f"apps['shop'] has an unknown key 'colour_scheme'; known keys: {', '.join(sorted(KEYS))}"
 
 
 def test_a_key_that_is_not_a_string() -> None:

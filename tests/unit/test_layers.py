@@ -59,6 +59,7 @@ MODULE_LAYERS: Final[dict[str, str]] = {
     f"{ROOT}.hook.settings": "top",
     f"{ROOT}.hook.pool_settings": "top",
     f"{ROOT}.hook.refork_settings": "top",
+    f"{ROOT}.hook.warmup_settings": "top",
     f"{ROOT}.hook.typos": "top",
     f"{ROOT}.hook": "shared",  # a docstring: importing hook.state runs it
     f"{ROOT}.hook.state": "shared",

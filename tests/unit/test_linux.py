@@ -191,3 +191,32 @@ def test_descendants_of_a_real_tree() -> None:
         assert child.wait(30) == 0
         child.stdout.close()
     assert _linux.descendants(child.pid) == []
+
+
+_TRIM_SCRIPT = """
+import sys
+from gunicorn_smartspawn import _linux
+blocks = [bytes(8000) for _ in range(4000)]  # ~32 MB of malloc'd memory (below the mmap threshold)
+keep = bytes(8000)  # allocated last: the heap's top stays in use, only its middle becomes free
+del blocks
+before = _linux.resident_bytes()
+released = _linux.malloc_trim()
+after = _linux.resident_bytes()
+print(before, after, released)
+"""
+
+
+@pytest.mark.skipif(os.confstr("CS_GNU_LIBC_VERSION") is None if hasattr(os, "confstr") else True, reason="glibc only")
+def test_malloc_trim_gives_the_free_middle_of_the_heap_back() -> None:
+    # a fresh interpreter: this one's heap is whatever the other tests left
+    out = subprocess.run([sys.executable, "-c", _TRIM_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONMALLOC": "malloc"}).stdout.split()
+    before, after, released = int(out[0]), int(out[1]), out[2]
+    assert released == "True"
+    assert before - after > 16 * 1024 * 1024, (before, after)  # most of the ~32 MB freed left the resident set
+
+
+def test_resident_bytes_is_this_process_resident_set() -> None:
+    with open("/proc/self/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    assert abs(_linux.resident_bytes() - rss_kib * 1024) < 8 * 1024 * 1024

@@ -246,6 +246,19 @@ CLASS_ACCEPTED: Final = [(" gevent ", "gevent"), ("uvicorn_worker.UvicornWorker"
 CLASS_REFUSED: Final = [1, True, ["gevent"]]
 COUNTS_ACCEPTED: Final = [("1000, 5000", [1000, 5000]), ([50, 100, 1000], [50, 100, 1000]), ("", []), (None, []), ([], [])]
 COUNTS_REFUSED: Final = [[100, 50], [0], "many", [True], [1.5], 7, list(range(1, 18))]
+WARMUP_ACCEPTED: Final = [
+    ("/", ["GET /"]),
+    (" /, /health?full=1 ,POST /api/ping", ["GET /", "GET /health?full=1", "POST /api/ping"]),
+    (["/", "HEAD https://shop.example.com:8443/x"], ["GET /", "HEAD https://shop.example.com:8443/x"]),
+    (("OPTIONS /",), ["OPTIONS /"]),
+    ("", []),
+    ([], []),
+    (None, None),
+]
+WARMUP_REFUSED: Final = [
+    "health", ["/", 1], "get /", "GET / extra", ["/a b"], "ftp://host/", "http:///x", "http://user@host/",
+    "/\x00", 5, {"/": 1}, ["/"] * (v.WARMUP_MAX_REQUESTS + 1), "/" + "x" * v.WARMUP_MAX_TARGET,
+]
 
 
 def _kind(name: str) -> str:
@@ -260,6 +273,8 @@ def _kind(name: str) -> str:
         return "class"
     if check is v.request_counts:
         return "counts"
+    if check is v.warmup_requests:
+        return "warmup"
     assert name in CHOICES, f"{name}: a new kind of check needs its samples in this file"
     return "choice"
 
@@ -284,6 +299,9 @@ def _samples() -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any]]]:
         elif kind == "class":
             accepted += [(name, given, expected) for given, expected in CLASS_ACCEPTED]
             refused += [(name, value) for value in CLASS_REFUSED]
+        elif kind == "warmup":
+            accepted += [(name, given, expected) for given, expected in WARMUP_ACCEPTED]
+            refused += [(name, value) for value in WARMUP_REFUSED]
         else:
             accepted += [(name, f" {c.title()} ", c) for c in CHOICES[name]] + [(name, c.upper(), c) for c in CHOICES[name]]
             refused += [(name, "fast"), (name, ""), (name, 1), (name, f"{CHOICES[name][0]} {CHOICES[name][1]}")]
