@@ -272,6 +272,7 @@ class Preloader:
                 forked=True,
                 scoreboard=self.launch.scoreboard,
                 slot=request.slot if request.slot >= 0 else None,
+                spare=bool(request.spare),
             )
         )
         worker.use_heartbeat_fd(heartbeat_fd)
