@@ -84,6 +84,12 @@ def app_status(
             "idle_timeout": pool.idle_timeout,
         },
         "workers": rows,
+        "spare_workers": pool.spare_target,
+        "spares": [
+            {"pid": s.pid, "age": s.age, "generation": s.generation, "parked": s.parked, "uptime": _round(now - s.started_at)}
+            for s in sorted(pool.spares.values(), key=lambda s: s.age)
+            if not s.stopping
+        ],
     }
 
 
