@@ -228,7 +228,7 @@ class AppPool:
         actions.extend(spares.upkeep(self, now))
         actions.extend(self._fill_or_trim(may_start, now))
         actions.extend(self._backfill_previous(may_start))
-        actions.extend(spares.refill(self, may_start))
+        actions.extend(spares.refill(self, now))
         actions.extend(self._rotate_old_generations())
         self._idle_out_preloader(now)
         actions.extend(self._stop_actions())

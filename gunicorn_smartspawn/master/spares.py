@@ -79,13 +79,13 @@ def upkeep(pool: AppPool, now: float) -> list[act.Action]:
     return actions
 
 
-def refill(pool: AppPool, may_start: bool) -> list[act.Action]:
+def refill(pool: AppPool, now: float) -> list[act.Action]:
     """Ask the current preloader for the spares missing, once every worker of the current
     generation serves (a spare never delays a worker) and no reload is under way."""
     preloader = pool.preloader
     if (
         pool.spare_target <= 0
-        or not may_start
+        or now < pool.retry_at  # backing off (maybe from a spare's failure found this tick)
         or preloader is None
         or not preloader.ready
         or preloader.stop_reason is not None
