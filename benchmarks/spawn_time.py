@@ -8,6 +8,8 @@ is run N times, round-robin with the order rotated every round, so that
 machine noise hits all alike):
 
   smart          gunicorn -k smartspawn.Worker --spawn-method=smart  -w 1 ...
+  smart-spare    smart with --spare-workers 1: the new worker is a spare,
+                 forked and initialised ahead and parked; TTIN wakes it
   direct         gunicorn -k smartspawn.Worker --spawn-method=direct -w 1 ...
   stock          gunicorn -w 1 ...             (stock sync worker, lazy app)
   stock-preload  gunicorn --preload -w 1 ...   (app imported in the master)
@@ -97,6 +99,8 @@ RATIOS = [
     ("stock", "smart"),
     ("smart", "stock-preload"),
     ("smart", "fork-floor"),
+    ("smart-spare", "fork-floor"),
+    ("smart", "smart-spare"),
     ("uwsgi", "smart"),
 ]
 
@@ -212,7 +216,7 @@ def breakdown_sample(variant, opts, tmpdir):
 def logged_fork_ms(server, pid):
     """The plugin's own figure for creating worker ``pid`` ("worker pid=N ...
     forked in X ms" in the master's log), or None."""
-    pattern = re.compile(r"worker pid=%d\b.*? forked in ([\d.]+) ?ms" % pid)
+    pattern = re.compile(r"(?:worker|spare) pid=%d\b.*? forked in ([\d.]+) ?ms" % pid)
     found = []
 
     def seen():
@@ -233,6 +237,9 @@ def server_sample(variant, opts, tmpdir):
             print("  $ " + server.shown_command())
         server.start()
         ready_pid = server.wait_ready(opts.start_timeout)
+        if "--spare-workers" in server.variant.args:  # measure a release, not a spare's boot
+            if not harness.wait_until(lambda: " parked" in server.log(), timeout=opts.start_timeout):
+                raise SampleError("%s: no spare parked" % server.name, server.log())
         warm_ms = warm_request_ms(server)
         ready_at = time.monotonic()
         mode = opts.probe

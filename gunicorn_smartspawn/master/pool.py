@@ -32,6 +32,7 @@ class AppPool:
     halt_on_boot_failure: bool = True
     #: workers kept forked ahead and parked (``spare_workers``, smart only): see spares.py
     spare_target: int = 0
+    repark_at: float = 0.0  # no new spare before (a spare was just released)
 
     generation: int = 1
     preloader: st.PreloaderState | None = None

@@ -25,6 +25,10 @@ from gunicorn_smartspawn.master import states as st
 if TYPE_CHECKING:
     from gunicorn_smartspawn.master.pool import AppPool
 
+#: Seconds after a release before a new spare is asked for: the fork and the new spare's
+#: initialisation would compete for the CPUs with the released worker's first requests.
+REPARK_DELAY = 0.5
+
 
 def spawned(pool: AppPool, request: st.PendingSpawn, pid: int, now: float) -> None:
     """The preloader reports the spare asked for in ``request``."""
@@ -55,6 +59,7 @@ def release(pool: AppPool, need: int, now: float) -> list[act.Action]:
         pool.workers[spare.pid] = st.WorkerState(spare.pid, spare.age, spare.generation, forked=True, started_at=now)
         pool.worker_ready(spare.pid)  # it initialised already; the master's wake-up is all it waits for
         actions.append(act.ReleaseSpare(spare.pid))
+        pool.repark_at = now + REPARK_DELAY
     return actions
 
 
@@ -85,7 +90,8 @@ def refill(pool: AppPool, now: float) -> list[act.Action]:
     preloader = pool.preloader
     if (
         pool.spare_target <= 0
-        or now < pool.retry_at  # backing off (maybe from a spare's failure found this tick)
+        or now < max(pool.retry_at, pool.repark_at)  # backing off (maybe from a failure found this
+        # tick), or a spare was just released
         or preloader is None
         or not preloader.ready
         or preloader.stop_reason is not None
