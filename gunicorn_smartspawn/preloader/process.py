@@ -2,10 +2,11 @@
 
 Life of a preloader (one per smart app and generation)::
 
-    master --fork--> preloader: import app (gc disabled), gc.collect(), send PreloaderReady
+    master --fork--> preloader: import app (gc disabled), gc.freeze(), send PreloaderReady
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
+                     idle for IDLE_COLLECT s: gc.collect() once (after the boot's forks)
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
 
 The worker is born a child of the master, or re-parented to it (the master
@@ -60,6 +61,8 @@ from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, r
 #: model that monkey-patches (gevent) replaces them before the app's import, and the preloader's
 #: loop, forks, signals and sleeps must stay the kernel's, never run on the app's hub.
 _select, _fork, _waitpid, _signal, _sleep = select.select, os.fork, os.waitpid, signal.signal, time.sleep
+#: Seconds without a spawn request after which the preloader collects the import's garbage.
+IDLE_COLLECT = 0.5
 #: How long a new worker waits for the master to become its parent.
 REPARENT_DEADLINE = 5.0
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
@@ -99,6 +102,7 @@ class Preloader:
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
         self.model: worker_models.Model | None = None
+        self.collect_pending = False  # gc_freeze: the import's garbage is still to be collected
 
     # -- process life -------------------------------------------------------------------
 
@@ -159,8 +163,8 @@ class Preloader:
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
-            gc.collect()
-            gc.freeze()
+            gc.freeze()  # the import's garbage is collected once the first workers are forked
+            self.collect_pending = True
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
@@ -208,8 +212,11 @@ class Preloader:
     def _serve(self) -> None:
         while True:
             try:
-                _select([self.channel], [], [])
+                ready, _, _ = _select([self.channel], [], [], IDLE_COLLECT if self.collect_pending else None)
             except InterruptedError:
+                continue
+            if not ready:
+                self._collect()
                 continue
             try:
                 messages = self.channel.receive()
@@ -224,6 +231,15 @@ class Preloader:
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
                     self._spawn(message, fds[0])
+
+    def _collect(self) -> None:
+        """The one full collection of the import's garbage, off the boot's path: a collection
+        walks every object (100 ms and more for a large app); workers forked before it carry
+        that garbage frozen and shared, never collected, as with gunicorn's --preload."""
+        self.collect_pending = False
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def _send(self, message: Any) -> None:
         try:
