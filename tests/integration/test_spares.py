@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import SMART, Server, app_pids, free_port, get_json, group_members, import_count, read_stat, wait_for
 
 
@@ -116,3 +118,14 @@ def test_multi_app_spares_on_one_app_only(tmp_path: Path, server_factory):
     assert get_json(ports["shop"], "/")["pid"] in app_pids(server, "worker", "shop")
     wait_for(lambda: [p for p in app_pids(server, "spare", "shop") if p != spare] or None, timeout=20, what="shop re-parks")
     assert app_pids(server, "spare", "blog") == []
+
+
+@pytest.mark.parametrize("extra", [("--smart-fork", "double-fork"), ("--threads", "2")], ids=["double-fork", "gthread"])
+def test_a_spare_parks_and_serves_by_double_fork_and_with_threads(server_factory, extra):
+    server = server_factory(*SMART, "--spare-workers", "1", "-w", "1", *extra, "probe_app:app")
+    server.wait_workers(1)
+    (spare,) = parked(server)
+    assert read_stat(spare)[1] == server.pid  # re-parented to the master (double fork) or born its child
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: spare in server.workers(), timeout=10, what="the spare to become a worker")
+    assert spare in server.pids_answering({spare})
