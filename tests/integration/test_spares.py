@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harness import SMART, Server, app_pids, free_port, get_json, group_members, import_count, read_stat, wait_for
 
 

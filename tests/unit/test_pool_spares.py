@@ -57,7 +57,7 @@ def test_spares_are_asked_for_only_once_every_worker_serves() -> None:
 
 
 def test_one_more_worker_releases_a_parked_spare_and_parks_another() -> None:
-    m, preloader, workers, (spare,) = with_spares(target=2)
+    m, preloader, _, (spare,) = with_spares(target=2)
     m.pool.target = 3
     assert m.tick() == [ReleaseSpare(spare)]
     assert m.pool.workers[spare].ready and spare not in m.pool.spares  # serving at once, no fork
@@ -95,7 +95,7 @@ def test_a_worker_that_dies_is_replaced_by_a_spare() -> None:
 
 
 def test_a_reload_discards_the_old_generations_spares() -> None:
-    m, preloader, workers, (spare,) = with_spares(target=1)
+    m, _, _, (spare,) = with_spares(target=1)
     m.pool.request_reload(m.now)
     m.tick()
     candidate = m.pool.candidate
