@@ -6,7 +6,7 @@ Life of a preloader (one per smart app and generation)::
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
-                     idle for IDLE_COLLECT s: gc.collect() once (after the boot's forks)
+                     workers were waiting at load: gc.collect() once idle for IDLE_COLLECT s
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
 
 The worker is born a child of the master, or re-parented to it (the master
@@ -163,8 +163,11 @@ class Preloader:
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
-            gc.freeze()  # the import's garbage is collected once the first workers are forked
+            gc.freeze()
             self.collect_pending = True
+            if not _select([self.channel], [], [], 0)[0]:
+                self._collect()  # no worker waits for this preloader (a reload's): collect now
+            # else workers wait (boot, a restart): collected once the preloader is first idle
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s",
