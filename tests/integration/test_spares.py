@@ -45,6 +45,8 @@ def test_spares_are_parked_children_of_the_master_not_serving(server_factory, im
     assert sorted(s["pid"] for s in app["spares"]) == sorted(pids)
     assert all(s["parked"] for s in app["spares"]) and app["spare_workers"] == 2
     assert sorted(w["pid"] for w in app["workers"]) == sorted(workers)  # spares are not workers
+    memory = server.control({"command": "memory"})["result"]
+    assert sorted(p["pid"] for p in memory["processes"] if p["role"] == "spare") == sorted(pids)
     answered = {server.get_json("/")["pid"] for _ in range(30)}
     assert answered <= set(workers)  # a parked spare never accepts
     assert len(import_count(import_log)) == 1  # the preloader's import only

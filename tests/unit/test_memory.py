@@ -178,6 +178,7 @@ def test_memory_info_adds_up() -> None:
     [
         ("gunicorn: worker [shop]", ("worker", "shop")),
         ("gunicorn: preloader [my-app.v2]", ("preloader", "my-app.v2")),
+        ("gunicorn: spare [shop]", ("spare", "shop")),
         ("gunicorn: master [gunicorn]", ("master", None)),
         ("gunicorn: master [multi.conf.py]  ", ("master", None)),
         ("gunicorn: dirty-arbiter", ("other", None)),
