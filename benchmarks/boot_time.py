@@ -93,6 +93,7 @@ def boot_sample(variant, opts, tmpdir):
         server.check_undisturbed([])
         imports = read_import_log(import_log, t0)
         load_start = min((t for _, ev, t in imports if ev == "start"), default=None)
+        load_end = min((t for _, ev, t in imports if ev == "end"), default=None)
         during_load = ([t for t in refused_at if t >= load_start]
                        if load_start is not None else [])
         return {"s": answers[-1][0], "first_answer_s": answers[0][0],
@@ -100,6 +101,8 @@ def boot_sample(variant, opts, tmpdir):
                 "refused_during_load": len(during_load),
                 "last_refused_s": refused_at[-1] if refused_at else None,
                 "load_start_s": load_start,
+                "load_end_s": load_end,  # the first import to finish
+                "first_after_load_s": answers[0][0] - load_end if load_end is not None else None,
                 "imports": len([1 for _, ev, _ in imports if ev == "end"]),
                 "errors": errors, "master_pid": server.pid}
     finally:
@@ -149,13 +152,20 @@ def run(variants, runs, opts=None, tmpdir=None):
                 [r["last_refused_s"] for r in rs if r["last_refused_s"] is not None]),
             "load_start_s": harness.summarize(
                 [r["load_start_s"] for r in rs if r["load_start_s"] is not None]),
+            "load_end_s": harness.summarize([r["load_end_s"] for r in rs if r["load_end_s"] is not None]),
+            "first_after_load_s": harness.summarize(
+                [r["first_after_load_s"] for r in rs if r["first_after_load_s"] is not None]),
         }
     ratios = {}
+    rounds_first = [{v: {"s": r.get("first_answer_s")} for v, r in rd.items()} for rd in rounds]
     for a, b in RATIOS:
         if a in variants and b in variants:
             s = harness.paired_ratio(rounds, a, b, "s")
             if s:
                 ratios["%s/%s" % (a, b)] = s
+            first = harness.paired_ratio(rounds_first, a, b, "s")
+            if first:
+                ratios["first answer: %s/%s" % (a, b)] = first
     return {"piece": "boot", "unit": "s", "workers": opts.workers, "variants": variants,
             "rounds": [{v: r["s"] for v, r in rd.items()} for rd in rounds],
             "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
@@ -177,15 +187,17 @@ def run(variants, runs, opts=None, tmpdir=None):
 
 def print_table(result):
     print()
-    print("%-14s %4s %10s %10s %10s %12s %9s %9s" % (
+    print("%-14s %4s %10s %10s %10s %12s %9s %9s %13s" % (
         "variant", "n", "median s", "min s", "max s", "first ans s", "refused",
-        "in load"))
+        "in load", "load->first s"))
     for v in result["variants"]:
         s = result["summary"][v]
         if s["all"]:
-            print("%-14s %4d %10.3f %10.3f %10.3f %12.3f %9d %9d" % (
+            after = s["first_after_load_s"]
+            print("%-14s %4d %10.3f %10.3f %10.3f %12.3f %9d %9d %13s" % (
                 v, s["all"]["n"], s["all"]["median"], s["all"]["min"], s["all"]["max"],
-                s["first"]["median"], s["refused_total"], s["refused_during_load_total"]))
+                s["first"]["median"], s["refused_total"], s["refused_during_load_total"],
+                "%.3f" % after["median"] if after else "-"))
         else:
             print("%-14s %4d %10s" % (v, 0, "-"))
     for k, s in result["ratios"].items():

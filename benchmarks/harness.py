@@ -186,6 +186,8 @@ SCALE_TO_ZERO_ARGS = ("--min-workers", "0", "--worker-idle-timeout", "1")
 VARIANTS = {v.name: v for v in [
     Variant("smart", "smartspawn smart", "gunicorn",
             (*PLUGIN, "--spawn-method=smart"), plugin=True),
+    Variant("smart-spare", "smartspawn smart, one spare worker parked", "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", "--spare-workers", "1"), plugin=True),
     Variant("smart-no-freeze", "smartspawn smart --no-gc-freeze", "gunicorn",
             (*PLUGIN, "--spawn-method=smart", "--no-gc-freeze"), plugin=True),
     Variant("smart-warm", "smartspawn smart, app warmed in the preloader", "gunicorn",

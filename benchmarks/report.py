@@ -706,7 +706,7 @@ def section_spawn(results):
     bd = p.get("breakdown") or {}
     if bd:
         vs = list(bd)
-        steps = list(bd[vs[0]])
+        steps = list(dict.fromkeys(label for v in vs for label in bd[v]))  # a spare's steps differ
         n = max(s["n"] for v in vs for s in bd[v].values())
         out += ["", "Where the time of a spawn goes: %d extra samples of each, with gunicorn "
                 "hooks that log when the new worker reaches `post_fork`, `post_worker_init` "
@@ -715,7 +715,7 @@ def section_spawn(results):
         rows = [[label] + [ms(bd[v][label]["median"]) if bd[v].get(label) else "-" for v in vs]
                 for label in steps]
         rows.append(["total (sum of the medians)"] + [
-            ms(sum(bd[v][label]["median"] for label in steps)) for v in vs])
+            ms(sum(s["median"] for s in bd[v].values())) for v in vs])
         out.append(table(["step"] + [LABELS.get(v, v) for v in vs], rows))
     out += ["", _notes(p), _failures(p)]
     return out

@@ -8,6 +8,8 @@ is run N times, round-robin with the order rotated every round, so that
 machine noise hits all alike):
 
   smart          gunicorn -k smartspawn.Worker --spawn-method=smart  -w 1 ...
+  smart-spare    smart with --spare-workers 1: the new worker is a spare,
+                 forked and initialised ahead and parked; TTIN wakes it
   direct         gunicorn -k smartspawn.Worker --spawn-method=direct -w 1 ...
   stock          gunicorn -w 1 ...             (stock sync worker, lazy app)
   stock-preload  gunicorn --preload -w 1 ...   (app imported in the master)
@@ -97,6 +99,8 @@ RATIOS = [
     ("stock", "smart"),
     ("smart", "stock-preload"),
     ("smart", "fork-floor"),
+    ("smart-spare", "fork-floor"),
+    ("smart", "smart-spare"),
     ("uwsgi", "smart"),
 ]
 
@@ -162,7 +166,7 @@ def warm_request_ms(server, n=5):
     return statistics.median(times)
 
 
-BREAKDOWN_VARIANTS = ("smart", "stock-preload")
+BREAKDOWN_VARIANTS = ("smart", "smart-spare", "stock-preload")
 BREAKDOWN_STEPS = (  # (label, from event, to event)
     ("request -> new worker runs (post_fork)", "t0", "post_fork"),
     ("gunicorn worker initialisation", "post_fork", "post_worker_init"),
@@ -170,6 +174,22 @@ BREAKDOWN_STEPS = (  # (label, from event, to event)
     ("first request in the new worker", "pre_request", "post_request"),
     ("response reaches the client", "post_request", "t1"),
 )
+#: A spare ran post_fork and post_worker_init before the request (when it was parked).
+SPARE_STEPS = (
+    ("request -> released spare reads the request", "t0", "pre_request"),
+    *BREAKDOWN_STEPS[3:],
+)
+
+
+def breakdown_steps(variant):
+    return SPARE_STEPS if "--spare-workers" in harness.VARIANTS[variant].args else BREAKDOWN_STEPS
+
+
+def wait_spare_parked(server, timeout):
+    """A spare variant: measure a release, not a spare's boot."""
+    if "--spare-workers" in server.variant.args:
+        if not harness.wait_until(lambda: " parked" in server.log(), timeout=timeout):
+            raise SampleError("%s: no spare parked" % server.name, server.log())
 
 
 def breakdown_sample(variant, opts, tmpdir):
@@ -188,6 +208,7 @@ def breakdown_sample(variant, opts, tmpdir):
     try:
         server.start()
         server.wait_ready(opts.start_timeout)
+        wait_spare_parked(server, opts.start_timeout)
         hold, held_pid = harness.open_hold(server.port, timeout=opts.start_timeout,
                                            path=opts.hold_path)
         server.known_pids.add(held_pid)
@@ -200,10 +221,11 @@ def breakdown_sample(variant, opts, tmpdir):
                 pid, event, t = line.split()
                 if int(pid) == r["new_pid"]:
                     times.setdefault(event, float(t))
-        missing = [e for _, a, b in BREAKDOWN_STEPS for e in (a, b) if e not in times]
+        steps = breakdown_steps(variant)
+        missing = [e for _, a, b in steps for e in (a, b) if e not in times]
         if missing:
             raise SampleError("%s: hooks %s not logged" % (hooked.name, missing), server.log())
-        return {label: (times[b] - times[a]) * 1000 for label, a, b in BREAKDOWN_STEPS}
+        return {label: (times[b] - times[a]) * 1000 for label, a, b in steps}
     finally:
         if hold is not None:
             hold.close()
@@ -213,7 +235,7 @@ def breakdown_sample(variant, opts, tmpdir):
 def logged_fork_ms(server, pid):
     """The plugin's own figure for creating worker ``pid`` ("worker pid=N ...
     forked in X ms" in the master's log), or None."""
-    pattern = re.compile(r"worker pid=%d\b.*? forked in ([\d.]+) ?ms" % pid)
+    pattern = re.compile(r"(?:worker|spare) pid=%d\b.*? forked in ([\d.]+) ?ms" % pid)
     found = []
 
     def seen():
@@ -234,6 +256,7 @@ def server_sample(variant, opts, tmpdir):
             print("  $ " + server.shown_command())
         server.start()
         ready_pid = server.wait_ready(opts.start_timeout)
+        wait_spare_parked(server, opts.start_timeout)
         warm_ms = warm_request_ms(server)
         ready_at = time.monotonic()
         mode = opts.probe
@@ -409,7 +432,7 @@ def run_breakdown(variants, runs, opts, tmpdir, failures):
     for v in chosen:
         if samples[v]:
             out[v] = {label: harness.summarize([r[label] for r in samples[v]])
-                      for label, _, _ in BREAKDOWN_STEPS}
+                      for label, _, _ in breakdown_steps(v)}
     return out
 
 

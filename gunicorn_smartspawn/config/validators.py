@@ -197,6 +197,19 @@ def request_counts(value: Any) -> list[int]:
     if any(b <= a for a, b in itertools.pairwise(value)):
         raise ValueError(expected)
     return list(value)
+#: The most spares one app may keep parked.
+MAX_SPARES: Final = 32
+
+
+def spare_count(value: Any) -> int:
+    """``spare_workers``: a whole number from 0 (none) to :data:`MAX_SPARES`, from an int or a decimal string."""
+    try:
+        count = optional_count(value)
+    except ValueError:
+        count = None
+    if count is None or count > MAX_SPARES:
+        raise ValueError(f"a whole number from 0 (no spare) to {MAX_SPARES}")
+    return count
 
 
 def worker_class(value: Any) -> Any:
@@ -305,6 +318,7 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "min_workers": optional_count,
     "max_workers": optional_count,
     "worker_idle_timeout": whole_seconds("0 never stops an idle worker"),
+    "spare_workers": spare_count,
     "friendly_errors": boolean,
     "refork_after": request_counts,
 }

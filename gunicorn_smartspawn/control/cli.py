@@ -184,6 +184,10 @@ def _app_lines(app: Mapping[str, Any], read_proc: bool) -> list[str]:
         )
     elif app["spawn_method"] == "smart" and app["state"] in ("running", "starting"):
         lines.append("  preloader: none running (one starts when a worker is needed)")
+    spares = app.get("spares") or []
+    if spares or app.get("spare_workers"):
+        parked = ", ".join(f"{s['pid']}{'' if s['parked'] else ' (starting)'}" for s in spares)
+        lines.append(clip(f"  spares {len(spares)} of {app.get('spare_workers')}: {parked or 'none parked'}", WIDTH))
     if workers:
         lines.append(_WORKER_HEAD)
     for w in workers:

@@ -37,7 +37,7 @@ from gunicorn_smartspawn import _linux
 from gunicorn_smartspawn.control.protocol import PROTOCOL
 from gunicorn_smartspawn.errors import SmartSpawnError
 
-Role = Literal["master", "preloader", "worker", "other"]
+Role = Literal["master", "preloader", "worker", "spare", "other"]
 
 #: smaps field -> MemoryInfo attribute. Fields a kernel lacks count as 0.
 _FIELDS: Final = {
@@ -50,7 +50,7 @@ _FIELDS: Final = {
     "Swap": "swap",
 }
 _LINE: Final = re.compile(r"^([A-Za-z_]+):\s+(\d+)\s+kB\s*$")
-_TITLE: Final = re.compile(r"^gunicorn: (master|preloader|worker) \[(.*)\]$")
+_TITLE: Final = re.compile(r"^gunicorn: (master|preloader|worker|spare) \[(.*)\]$")
 
 #: The keys of one process and of every total in :func:`memory_report`, in order.
 MEMORY_KEYS: Final = (
@@ -233,7 +233,7 @@ def check_master(pid: int) -> str:
     role, app = parse_title(title)
     if role == "master":
         return title
-    if role in ("preloader", "worker"):
+    if role in ("preloader", "worker", "spare"):
         stat = _linux.proc_stat(pid)
         parent = f"; its master is probably pid {stat.ppid}" if stat is not None else ""
         raise NotAMaster(f"pid {pid} is a gunicorn {role} of app {app!r}, not the master{parent}")
@@ -241,7 +241,7 @@ def check_master(pid: int) -> str:
     raise NotAMaster(f"pid {pid} is not a gunicorn master: its title is {shown!r}")
 
 
-_ROLE_ORDER: Final = {"master": 0, "preloader": 1, "worker": 2, "other": 3}
+_ROLE_ORDER: Final = {"master": 0, "preloader": 1, "worker": 2, "spare": 3, "other": 4}
 
 
 def process_tree(master_pid: int) -> list[ProcessInfo]:
@@ -279,7 +279,7 @@ def process_tree(master_pid: int) -> list[ProcessInfo]:
         if pid == master_pid:
             role, app = "master", None
         processes.append(ProcessInfo(pid=pid, ppid=ppid, role=role, app=app, title=title, memory=memory))
-    processes.sort(key=lambda p: (p.pid != master_pid, _ROLE_ORDER[p.role] == 3, p.app or "", _ROLE_ORDER[p.role], p.pid))
+    processes.sort(key=lambda p: (p.pid != master_pid, _ROLE_ORDER[p.role] == 4, p.app or "", _ROLE_ORDER[p.role], p.pid))
     return processes
 
 

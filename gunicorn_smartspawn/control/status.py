@@ -84,7 +84,18 @@ def app_status(
             "idle_timeout": pool.idle_timeout,
         },
         "workers": rows,
+        "spare_workers": pool.spare_target,
+        "spares": _spares(pool, now),
     }
+
+
+def _spares(pool: AppPool, now: float) -> list[dict[str, Any]]:
+    """The app's spares (``spare_workers``), oldest first; those being discarded are left out."""
+    return [
+        {"pid": s.pid, "age": s.age, "generation": s.generation, "parked": s.parked, "uptime": _round(now - s.started_at)}
+        for s in sorted(pool.spares.values(), key=lambda s: s.age)
+        if not s.stopping
+    ]
 
 
 def snapshot(

@@ -100,3 +100,27 @@ class FriendlyErrors(Setting):  # type: ignore[misc]
         error and its traceback, as Passenger's friendly error pages do:
         for development only, since anyone who connects reads it.
         """
+
+
+class SpareWorkers(Explicit, Setting):  # type: ignore[misc]
+    name = "spare_workers"
+    section = SECTION
+    cli = ["--spare-workers"]
+    meta = "INT"
+    validator = validators.deferred(_validator("spare_workers"))
+    type = int
+    default = 0
+    desc = """\
+        Workers an app keeps forked ahead and parked, ready to serve at once (smart spawning).
+
+        A spare has run gunicorn's whole worker initialisation (``post_fork``,
+        ``starting_worker_process``, ``post_worker_init``) and waits before
+        its request loop. When the pool needs one more worker (TTIN, a
+        dynamic pool growing, a worker that died or was recycled), the master
+        wakes a spare with one signal instead of asking for a fork, then
+        parks a new spare behind it. Spares are not serving workers: not
+        counted in ``workers``, ``min_workers``/``max_workers`` or
+        ``max_pool_size``; a reload discards them. Each costs about one
+        worker's private memory. ``0`` (default): none. Passenger, unicorn
+        and pitchfork have no exact counterpart. See docs/pool.md.
+        """

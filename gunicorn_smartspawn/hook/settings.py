@@ -210,8 +210,8 @@ class Apps(Explicit, Setting):  # type: ignore[misc]
         ``threads``, ``spawn_method``, ``smart_worker_class``, ``preloader_idle_timeout``,
         ``preloader_start_timeout``, ``spawn_timeout``, ``preloader_warmup``,
         ``preloader_warmup_timeout``, ``min_workers``,
-        ``max_workers``, ``worker_idle_timeout``, ``friendly_errors``, ``refork_after``, ``gc_freeze``,
-        ``smart_fork``, ``fork_safety``,
+        ``max_workers``, ``worker_idle_timeout``, ``spare_workers``, ``friendly_errors``, ``refork_after``,
+        ``gc_freeze``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
         ``max_requests``, ``max_requests_jitter``, ``chdir``,
         ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
@@ -341,6 +341,7 @@ PLUGIN_SETTINGS: Final = (
     "min_workers",
     "max_workers",
     "worker_idle_timeout",
+    "spare_workers",
     "max_pool_size",
     "friendly_errors",
     "refork_after",

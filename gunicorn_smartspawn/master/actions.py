@@ -18,6 +18,7 @@ class StartPreloader:
 class SpawnFromPreloader:
     preloader_pid: int
     count: int
+    spare: bool = False  # spares (``spare_workers``): parked until released, not serving
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,28 @@ class KillWorker:
 
 
 @dataclass(frozen=True)
+class ReleaseSpare:
+    """Wake parked spare ``pid``: it becomes a serving worker (the pool already counts it)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class DiscardSpare:
+    """Stop spare ``pid`` (SIGTERM): of a replaced generation, surplus, or never parked."""
+
+    pid: int
+    reason: str
+    kill: bool = False
+
+
+@dataclass(frozen=True)
 class Halt:
     reason: str
     exit_status: int
 
 
-Action = StartPreloader | SpawnFromPreloader | SpawnDirect | StopPreloader | RetireWorker | KillWorker | Halt
+Action = (
+    StartPreloader | SpawnFromPreloader | SpawnDirect | StopPreloader | RetireWorker | KillWorker
+    | ReleaseSpare | DiscardSpare | Halt
+)

@@ -87,6 +87,7 @@ class AppTable:
                 start_timeout=float(spec.cfg.preloader_start_timeout),
                 spawn_timeout=float(spec.cfg.spawn_timeout),
                 halt_on_boot_failure=not self.multi,
+                spare_target=spare_workers(spec.cfg),
             )
             return
         if pool.spawn_method != method:
@@ -98,6 +99,7 @@ class AppTable:
         pool.idle_timeout = preloader_idle_timeout(spec.cfg)
         pool.start_timeout = float(spec.cfg.preloader_start_timeout)
         pool.spawn_timeout = float(spec.cfg.spawn_timeout)
+        pool.spare_target = spare_workers(spec.cfg)
 
     def bind_failed(self, name: str, error: str, added: bool) -> None:
         """A reload could not bind ``name``'s addresses: a new app stays out, an app whose
@@ -171,6 +173,11 @@ def default_app_name(app: Any) -> str:
     if isinstance(uri, str) and uri:
         return uri.split(":", 1)[0]
     return "default"
+
+
+def spare_workers(cfg: Any) -> int:
+    """The setting; none for a direct app (only a preloader parks spares)."""
+    return int(cfg.spare_workers) if cfg.spawn_method == "smart" else 0
 
 
 def preloader_idle_timeout(cfg: Any) -> float:

@@ -219,6 +219,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
             state = pool.workers.get(child.pid)
             if state is not None and not state.ready and child.worker.has_heartbeat():
                 pool.worker_ready(child.pid)
+        self.spawner.check_spares(pool)
         actions = pool.tick(now)
         if pool.failures and (pool.failures, pool.last_error) != self._reported_failure.get(name):
             self._reported_failure[name] = (pool.failures, pool.last_error)
@@ -242,7 +243,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
                 preloader = self.children.preloader(action.preloader_pid)
                 if preloader is None or preloader.channel is None:
                     break
-                self.spawner.request_spawn(pool, preloader, now)
+                self.spawner.request_spawn(pool, preloader, now, action.spare)
         elif isinstance(action, act.SpawnDirect):
             for _ in range(action.count):
                 self.spawner.spawn_direct(pool, now)
@@ -260,6 +261,10 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         elif isinstance(action, act.RetireWorker):
             self.log.info("app=%s retiring worker pid=%d: %s", pool.name, action.pid, action.reason)
             self.kill_worker(action.pid, signal.SIGTERM)
+        elif isinstance(action, act.ReleaseSpare):
+            self.spawner.release_spare(pool, action.pid)
+        elif isinstance(action, act.DiscardSpare):
+            self.spawner.discard_spare(pool, action.pid, action.reason, action.kill)
         elif isinstance(action, act.Halt):
             raise HaltServer(action.reason, action.exit_status)
 
@@ -267,7 +272,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
         pool = self.apps.pools[name]
         for stop in pool.stop_all_preloaders("app removed"):
             self.spawner.stop_preloader(stop.pid, stop.reason)
-        if pool.workers or pool.pending or pool.preloader_pids():
+        if pool.workers or pool.pending or pool.spares or pool.preloader_pids():
             return
         spec = self.apps.forget(name)
         self.scoreboards.drop(name)
@@ -318,7 +323,7 @@ class SmartArbiter(Arbiter):  # type: ignore[misc]
 
     def handle_usr1(self) -> None:
         super().handle_usr1()
-        for child in self.children.of_role("preloader"):
+        for child in [*self.children.of_role("preloader"), *self.children.of_role("spare")]:
             self.spawner.kill(child.pid, signal.SIGUSR1)
 
     def handle_ttin(self) -> None:

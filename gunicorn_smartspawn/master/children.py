@@ -18,7 +18,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Role = Literal["worker", "preloader"]
+Role = Literal["worker", "preloader", "spare"]  # a spare: parked, not in WORKERS until released
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PendingSpawn:
     age: int
     preloader_pid: int
     worker: Any
+    spare: bool = False
 
 
 class Children:
@@ -84,8 +85,8 @@ class Children:
 
     # -- spawn requests ------------------------------------------------------------------------
 
-    def expect(self, app: str, age: int, preloader_pid: int, worker: Any) -> None:
-        self._pending[(app, age)] = PendingSpawn(app, age, preloader_pid, worker)
+    def expect(self, app: str, age: int, preloader_pid: int, worker: Any, spare: bool = False) -> None:
+        self._pending[(app, age)] = PendingSpawn(app, age, preloader_pid, worker, spare)
 
     def claim(self, app: str, age: int, preloader_pid: int) -> PendingSpawn | None:
         """The request ``age`` of ``app`` made to ``preloader_pid``, removed; None if there is none."""
@@ -107,7 +108,7 @@ class Children:
     def forget_other_apps(self, app: str) -> None:
         """Drop the worker records and spawn requests of every app but ``app`` (and the
         worker objects, with their app's configuration, that they hold)."""
-        for pid in [pid for pid, c in self._table.items() if c.role == "worker" and c.app != app]:
+        for pid in [pid for pid, c in self._table.items() if c.role in ("worker", "spare") and c.app != app]:
             del self._table[pid]
         for key in [key for key in self._pending if key[0] != app]:
             del self._pending[key]

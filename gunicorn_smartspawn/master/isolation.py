@@ -46,7 +46,8 @@ def leave_master(master: Any, spec: AppSpec, private_fds: list[int]) -> None:
         _close_listener(listener)
     if master.apps.multi:
         master.LISTENERS = list(spec.listeners)  # the others hold their app's configuration
-    for worker in [*master.children.workers.values(), *master.children.pending_workers()]:
+    spares = [c.worker for c in master.children.of_role("spare")]
+    for worker in [*master.children.workers.values(), *spares, *master.children.pending_workers()]:
         worker.tmp.close()
     master.scoreboards.keep_only(spec.name)
     forget_other_apps(master, spec)
@@ -90,7 +91,7 @@ def forget_other_apps(master: Any, spec: AppSpec) -> None:
 def _env_containers(master: Any, spec: AppSpec, others: list[AppSpec]) -> list[Any]:
     """The dicts and lists of this package's that hold another app's ``env``: each other
     app's validated entry and derived ``raw_env``, for its spec and its workers' objects."""
-    workers = [c.worker for c in master.children.of_role("worker") if c.app != spec.name]
+    workers = [c.worker for role in ("worker", "spare") for c in master.children.of_role(role) if c.app != spec.name]
     workers += [w for w in master.children.pending_workers() if getattr(w, "app_name", None) != spec.name]
     entries = [other.config for other in others]
     entries += [getattr(getattr(w, "app", None), "config", None) for w in workers]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from gunicorn_smartspawn.errors import APP_LOAD_ERROR, WORKER_BOOT_ERROR, describe_status, exit_code
 from gunicorn_smartspawn.master import actions as act
+from gunicorn_smartspawn.master import spares, timeouts
 from gunicorn_smartspawn.master import states as st
 
 
@@ -29,6 +30,9 @@ class AppPool:
     spawn_timeout: float = 90.0
     #: A single-app server exits with gunicorn's code when its app never came up.
     halt_on_boot_failure: bool = True
+    #: workers kept forked ahead and parked (``spare_workers``, smart only): see spares.py
+    spare_target: int = 0
+    repark_at: float = 0.0  # no new spare before (a spare was just released)
 
     generation: int = 1
     preloader: st.PreloaderState | None = None
@@ -38,6 +42,7 @@ class AppPool:
     retiring_preloaders: dict[int, st.PreloaderState] = field(default_factory=dict)
     workers: dict[int, st.WorkerState] = field(default_factory=dict)
     pending: dict[int, st.PendingSpawn] = field(default_factory=dict)
+    spares: dict[int, st.SpareState] = field(default_factory=dict)
     early_exits: dict[int, int] = field(default_factory=dict)
     reload_requested: bool = False
     ever_ready: bool = False
@@ -60,7 +65,7 @@ class AppPool:
 
     def start_failed(self, what: str, error: str, now: float, generation: int | None = None) -> None:
         """The master could not fork, pair or open (EMFILE...): back off; a HUP is never lost."""
-        self._record_failure(f"could not {what}: {error}", now)
+        self.record_failure(f"could not {what}: {error}", now)
         if generation is not None and generation > self.generation:
             self.reload_requested = True
 
@@ -97,7 +102,7 @@ class AppPool:
 
     def preloader_misbehaved(self, pid: int, reason: str, now: float) -> None:
         """The master caught preloader ``pid`` breaking the protocol and kills it: a failure."""
-        self._record_failure(f"preloader pid={pid} {reason}: killed", now)
+        self.record_failure(f"preloader pid={pid} {reason}: killed", now)
         state = self._preloader(pid)
         if state is not None:
             self._detach(state)
@@ -109,7 +114,7 @@ class AppPool:
         if state is None:
             return []
         state.failed = True
-        self._record_failure(f"could not load (preloader pid={pid}): {error}", now, APP_LOAD_ERROR)
+        self.record_failure(f"could not load (preloader pid={pid}): {error}", now, APP_LOAD_ERROR)
         return self._drop_failed_preloader(state)
 
     def preloader_exited(self, pid: int, status: int, now: float) -> list[int] | None:
@@ -120,24 +125,24 @@ class AppPool:
         self.retiring_preloaders.pop(pid, None)
         self._detach(state)
         if not state.ready and not state.failed and state.stop_reason is None:
-            self._record_failure(
+            self.record_failure(
                 f"preloader pid={pid} ended by {describe_status(status)} while loading the app",
                 now,
                 APP_LOAD_ERROR,
             )
         elif state.ready and state.stop_reason is None and status != 0:
             # a crash of a serving preloader: its next start must not loop hot
-            self._record_failure(f"preloader pid={pid} ended by {describe_status(status)}", now)
+            self.record_failure(f"preloader pid={pid} ended by {describe_status(status)}", now)
         lost = [age for age, p in self.pending.items() if p.preloader_pid == pid]
         for age in lost:
             del self.pending[age]
         self._forget_stale_exits()
         return lost
 
-    def spawn_requested(self, age: int, preloader_pid: int, now: float) -> None:
+    def spawn_requested(self, age: int, preloader_pid: int, now: float, spare: bool = False) -> None:
         state = self._preloader(preloader_pid)
         generation = state.generation if state else self.generation
-        self.pending[age] = st.PendingSpawn(age, generation, preloader_pid, now)
+        self.pending[age] = st.PendingSpawn(age, generation, preloader_pid, now, spare)
         if state is not None:
             state.last_used = now
 
@@ -145,7 +150,10 @@ class AppPool:
         """A preloader reports a worker. Returns its exit status if it was reaped first."""
         request = self.pending.pop(age, None)
         generation = request.generation if request else self.generation
-        self.workers[pid] = st.WorkerState(pid, age, generation, forked=True, started_at=now)
+        if request is not None and request.spare:
+            spares.spawned(self, request, pid, now)
+        else:
+            self.workers[pid] = st.WorkerState(pid, age, generation, forked=True, started_at=now)
         status = self.early_exits.pop(pid, None)
         if status is not None:
             self.worker_exited(pid, status, now)
@@ -155,7 +163,7 @@ class AppPool:
     def spawn_failed(self, age: int, error: str, now: float) -> None:
         self.pending.pop(age, None)
         self._forget_stale_exits()
-        self._record_failure(f"spawn of worker age={age} failed: {error}", now)
+        self.record_failure(f"spawn of worker age={age} failed: {error}", now)
 
     def worker_started(self, pid: int, age: int, now: float) -> None:
         """A direct worker, forked by the master."""
@@ -171,6 +179,9 @@ class AppPool:
                 self.retry_at = 0.0
 
     def worker_exited(self, pid: int, status: int, now: float) -> st.WorkerState | None:
+        if pid in self.spares:
+            spares.exited(self, pid, status, now)
+            return None
         worker = self.workers.pop(pid, None)
         if worker is None:
             return None
@@ -180,7 +191,7 @@ class AppPool:
         code = exit_code(status)
         what = "could not load the app" if code == APP_LOAD_ERROR else "worker died before serving"
         halt_code = code if code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR) else None
-        self._record_failure(f"{what} (worker pid={pid}, {describe_status(status)})", now, halt_code)
+        self.record_failure(f"{what} (worker pid={pid}, {describe_status(status)})", now, halt_code)
         return worker
 
     def early_exit(self, pid: int, status: int) -> None:
@@ -205,61 +216,40 @@ class AppPool:
         """The actions due now; the state assumes the master carries them all out."""
         if self.halt is not None:
             return [self.halt]
-        self._time_out_loading(now)
+        timeouts.loading(self, now)
         if self.halt is not None:
             return [*self._stop_actions(), self.halt]
-        actions: list[act.Action] = self._time_out_spawns(now)
+        actions: list[act.Action] = timeouts.spawns(self, now)
         if self.halt is not None:
             return [*actions, *self._stop_actions(), self.halt]
         may_start = now >= self.retry_at
         starting = self.reload_requested and self.candidate is None and may_start
         if starting:
             actions.append(act.StartPreloader(self.generation + 1))
-        actions.extend(self._fill_or_trim(may_start))  # (while reload_requested, it starts no other preloader)
+        actions.extend(spares.upkeep(self, now))
+        actions.extend(self._fill_or_trim(may_start, now))  # (while reload_requested, it starts no other preloader)
         self.reload_requested = self.reload_requested and not starting
         actions.extend(self._backfill_previous(may_start))
+        actions.extend(spares.refill(self, now))
         actions.extend(self._rotate_old_generations())
         self._idle_out_preloader(now)
         actions.extend(self._stop_actions())
         return actions
 
-    def _time_out_loading(self, now: float) -> None:
-        """Kill a preloader still loading after ``start_timeout`` (Passenger's start_timeout)."""
-        for loading in (self.preloader, self.candidate):
-            if (
-                loading is None
-                or loading.ready
-                or loading.failed
-                or self.start_timeout <= 0
-                or now - loading.started_at <= self.start_timeout
-            ):
-                continue
-            loading.failed = True
-            self._record_failure(
-                f"preloader pid={loading.pid} did not load the app within {self.start_timeout:g}s "
-                "(preloader_start_timeout): killed",
-                now,
-                APP_LOAD_ERROR,
-            )
-            # detached now; its spawn requests stay pending until it is
-            # reaped, so that preloader_exited hands them back to the master
-            self._detach(loading)
-            self._retire_preloader(loading, "start timeout")
-            if self.halt is not None:
-                return
-
-    def _fill_or_trim(self, may_start: bool) -> list[act.Action]:
-        """Spawn up to the target in the current generation, or retire the surplus."""
+    def _fill_or_trim(self, may_start: bool, now: float) -> list[act.Action]:
+        """Spawn up to the target in the current generation (parked spares first), or retire the surplus."""
         current = [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
-        in_flight = [p for p in self.pending.values() if p.generation == self.generation]
+        in_flight = [p for p in self.pending.values() if p.generation == self.generation and not p.spare]
         need = min(self.target - len(current) - len(in_flight), st.SPAWN_BURST)
+        actions: list[act.Action] = spares.release(self, need, now) if need > 0 else []
+        need -= len(actions)
         if need > 0 and may_start:
             if self.spawn_method == "direct":
                 return [act.SpawnDirect(need)]
             if self.preloader is None:  # none, or only the reload's candidate, which will serve
-                return [] if self.candidate is not None or self.reload_requested else [act.StartPreloader(self.generation)]
-            return [act.SpawnFromPreloader(self.preloader.pid, need)]
-        actions: list[act.Action] = []
+                waiting = self.candidate is not None or self.reload_requested
+                return actions if waiting else [*actions, act.StartPreloader(self.generation)]
+            return [*actions, act.SpawnFromPreloader(self.preloader.pid, need)]
         if need < 0:
             for worker in sorted(current, key=lambda w: w.age)[: min(-need, len(current))]:
                 worker.retiring = True
@@ -274,27 +264,6 @@ class AppPool:
         """Stop worker ``pid`` gracefully (the dynamic pool chose it): it no longer counts."""
         self.workers[pid].retiring = True
         return act.RetireWorker(pid, reason)
-
-    def _time_out_spawns(self, now: float) -> list[act.Action]:
-        """Kill what has not come up within ``spawn_timeout``; each counts as a failure."""
-        if self.spawn_timeout <= 0:
-            return []
-        actions: list[act.Action] = []
-        limit = f"within {self.spawn_timeout:g}s (spawn_timeout)"
-        for request in list(self.pending.values()):
-            state = self._preloader(request.preloader_pid)
-            if state is None or state.stop_reason is not None or now - request.requested_at <= self.spawn_timeout:
-                continue
-            self._record_failure(f"preloader pid={state.pid} did not answer a spawn request {limit}: killed", now)
-            self._detach(state)
-            self._retire_preloader(state, "spawn timeout", kill=True)
-        for worker in self.workers.values():
-            if worker.ready or worker.retiring or now - worker.started_at <= self.spawn_timeout:
-                continue
-            worker.retiring = True
-            self._record_failure(f"worker pid={worker.pid} did not serve {limit}: killed", now, WORKER_BOOT_ERROR)
-            actions.append(act.KillWorker(worker.pid, f"no first heartbeat {limit}"))
-        return actions
 
     def _backfill_previous(self, may_start: bool) -> list[act.Action]:
         """While the new generation is not serving in full, replace old workers from the old preloader."""
@@ -351,6 +320,7 @@ class AppPool:
                 self._retire_preloader(state, reason)
         self.preloader = self.candidate = self.previous = None
         self.reload_requested = False
+        self.spare_target = 0  # the next tick discards the spares
         return [a for a in self._stop_actions() if isinstance(a, act.StopPreloader)]
 
     # -- internals ----------------------------------------------------------------------------
@@ -386,7 +356,7 @@ class AppPool:
         if not self.pending:
             self.early_exits.clear()
 
-    def _record_failure(self, error: str, now: float, boot_code: int | None = None) -> None:
+    def record_failure(self, error: str, now: float, boot_code: int | None = None) -> None:
         """Count a failure and back off; ``boot_code``: what a one-app server that never came up exits with."""
         self.failures += 1
         self.last_error = error

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from gunicorn_smartspawn import _compat, _linux
 from gunicorn_smartspawn.errors import ProtocolError, describe_status, exit_code
-from gunicorn_smartspawn.master.children import Child
+from gunicorn_smartspawn.master.children import Child, Role
 from gunicorn_smartspawn.master.pool import AppPool
 from gunicorn_smartspawn.wire import (
     PreloaderFailed,
@@ -229,11 +229,12 @@ class Reaper:
             self._stop_hostile(preloader, f"reported pid={message.pid}, {problem}")
             return
         worker.pid = message.pid
-        self.children.add(Child(message.pid, "worker", pool.name, preloader.generation, now, worker=worker))
+        role: Role = "spare" if pending.spare else "worker"
+        self.children.add(Child(message.pid, role, pool.name, preloader.generation, now, worker=worker))
         _compat.count(self.master, "workers_spawned")
         self.log.info(
-            "app=%s worker pid=%d age=%d gen=%d forked in %.1fms by preloader pid=%d",
-            pool.name, message.pid, message.age, preloader.generation, message.fork_ms, preloader.pid,
+            "app=%s %s pid=%d age=%d gen=%d forked in %.1fms by preloader pid=%d",
+            pool.name, role, message.pid, message.age, preloader.generation, message.fork_ms, preloader.pid,
         )
         self.master.metrics.histogram(f"smartspawn.{pool.name}.spawn_ms", message.fork_ms)
         status = pool.worker_spawned(message.age, message.pid, now)

@@ -43,6 +43,8 @@ def stop(master: SmartArbiter, graceful: bool) -> None:
     for child in master.children.of_role("preloader"):
         master.spawner.close_channel(child)
         master.spawner.kill(child.pid, signal.SIGTERM)
+    for child in master.children.of_role("spare"):  # parked: nothing to finish
+        master.spawner.kill(child.pid, signal.SIGTERM)
     _stop_workers(master, graceful)
     master.kill_workers(signal.SIGKILL)
     for child in master.children.of_role("preloader"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gunicorn_smartspawn import _compat, _linux
 from gunicorn_smartspawn.config.apps import AppSpec
 from gunicorn_smartspawn.errors import PRELOADER_CRASHED, WORKER_BOOT_ERROR
+from gunicorn_smartspawn.master import spares
 from gunicorn_smartspawn.master.children import Child
 from gunicorn_smartspawn.master.isolation import leave_master
 from gunicorn_smartspawn.master.pool import AppPool
@@ -137,21 +138,48 @@ class Spawner:
         )
         return worker
 
-    def request_spawn(self, pool: AppPool, preloader: Child, now: float) -> None:
+    def request_spawn(self, pool: AppPool, preloader: Child, now: float, spare: bool = False) -> None:
         assert preloader.channel is not None
         worker = self.new_worker(self.apps.specs[pool.name], forked=True)
         self.master.cfg.pre_fork(self.master, worker)
         try:
-            slot = worker.scoreboard_index
-            preloader.channel.send(SpawnWorker(age=worker.age, slot=-1 if slot is None else slot), [worker.tmp.fileno()])
+            slot = -1 if worker.scoreboard_index is None else worker.scoreboard_index
+            preloader.channel.send(SpawnWorker(age=worker.age, slot=slot, spare=int(spare)), [worker.tmp.fileno()])
         except OSError as exc:
             self.discard(worker)
             self.log.error("app=%s preloader pid=%d unreachable (%s); stopping it", pool.name, preloader.pid, exc)
             self.close_channel(preloader)
             self.kill(preloader.pid, signal.SIGKILL)
             return
-        self.children.expect(pool.name, worker.age, preloader.pid, worker)
-        pool.spawn_requested(worker.age, preloader.pid, now)
+        self.children.expect(pool.name, worker.age, preloader.pid, worker, spare)
+        pool.spawn_requested(worker.age, preloader.pid, now, spare)
+
+    # -- spares -------------------------------------------------------------------------------
+
+    def check_spares(self, pool: AppPool) -> None:
+        """Spares that touched their heartbeat file once are parked: they may be released."""
+        for child in self.children.of_role("spare", pool.name):
+            state = pool.spares.get(child.pid)
+            if state is not None and not state.parked and child.worker.has_heartbeat():
+                spares.parked(pool, child.pid)
+                self.log.info("app=%s spare pid=%d gen=%d parked", pool.name, child.pid, child.generation)
+
+    def release_spare(self, pool: AppPool, pid: int) -> None:
+        """Make parked spare ``pid`` a worker (in WORKERS, heartbeat fresh), then wake it."""
+        child = self.children.get(pid)
+        if child is None or child.role != "spare":
+            return  # reaped meanwhile: the pool counts it as a worker that exited
+        child.role = "worker"
+        child.worker.tmp.notify()  # gunicorn's timeout counts from the release, not from the park
+        self.log.info("app=%s spare pid=%d released: serving", pool.name, pid)
+        self.kill(pid, signal.SIGCONT)
+
+    def discard_spare(self, pool: AppPool, pid: int, reason: str, kill: bool) -> None:
+        child = self.children.get(pid)
+        if child is None or child.role != "spare":
+            return
+        self.log.info("app=%s spare pid=%d discarded: %s", pool.name, pid, reason)
+        self.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
 
     def spawn_direct(self, pool: AppPool, now: float) -> None:
         """Fork a worker from the master; it imports the app itself (gunicorn without --preload)."""

@@ -59,6 +59,19 @@ class PendingSpawn:
     generation: int
     preloader_pid: int
     requested_at: float
+    spare: bool = False  # a spare, parked before its request loop until the master releases it
+
+
+@dataclass
+class SpareState:
+    """A worker forked ahead and parked before its request loop (``spare_workers``)."""
+
+    pid: int
+    age: int
+    generation: int
+    started_at: float
+    parked: bool = False  # it reached its park (its one heartbeat): it may be released
+    stopping: bool = False  # the master was told to discard it
 
 
 def old_to_retire(pool: Any) -> list[WorkerState]:

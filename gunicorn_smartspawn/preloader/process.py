@@ -3,10 +3,12 @@
 Life of a preloader (one per smart app and generation)::
 
     master --fork--> preloader: import app (gc disabled), preloader_warmup (warmup.py),
-                       gc.collect(), malloc_trim(), send PreloaderReady
+                       gc.freeze() (gc.collect() first, unless workers wait), malloc_trim(),
+                       send PreloaderReady
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
+                     workers were waiting at load: gc.collect() once idle for IDLE_COLLECT s
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
 
 The worker is born a child of the master, or re-parented to it (the master
@@ -19,7 +21,6 @@ module's code does so through ``os._exit``.
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import select
 import signal
@@ -44,6 +45,7 @@ from gunicorn_smartspawn.errors import (
     ProtocolError,
 )
 from gunicorn_smartspawn.preloader import warmup
+from gunicorn_smartspawn.preloader.code import code_fingerprint, failure_files, module_files, release_free_heap
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.wire import (
     COMMANDS,
@@ -63,6 +65,8 @@ from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, r
 #: model that monkey-patches (gevent) replaces them before the app's import, and the preloader's
 #: loop, forks, signals and sleeps must stay the kernel's, never run on the app's hub.
 _select, _fork, _waitpid, _signal, _sleep = select.select, os.fork, os.waitpid, signal.signal, time.sleep
+#: Seconds without a spawn request after which the preloader collects the import's garbage.
+IDLE_COLLECT = 0.5
 #: How long a new worker waits for the master to become its parent.
 REPARENT_DEADLINE = 5.0
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
@@ -102,6 +106,7 @@ class Preloader:
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
         self.model: worker_models.Model | None = None
+        self.collect_pending = False  # gc_freeze: the import's garbage is still to be collected
 
     # -- process life -------------------------------------------------------------------
 
@@ -163,10 +168,12 @@ class Preloader:
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
-            gc.collect()
-        trimmed = _release_free_heap()
-        if self.gc_freeze:
             gc.freeze()
+            self.collect_pending = True
+            if not _select([self.channel], [], [], 0)[0]:
+                self._collect()  # no worker waits for this preloader (a reload's): collect now
+            # else workers wait (boot, a restart): collected once the preloader is first idle
+        trimmed = release_free_heap()  # (a few ms; again after the deferred collection)
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
@@ -240,8 +247,11 @@ class Preloader:
     def _serve(self) -> None:
         while True:
             try:
-                _select([self.channel], [], [])
+                ready, _, _ = _select([self.channel], [], [], IDLE_COLLECT if self.collect_pending else None)
             except InterruptedError:
+                continue
+            if not ready:
+                self._collect()
                 continue
             try:
                 messages = self.channel.receive()
@@ -256,6 +266,16 @@ class Preloader:
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
                     self._spawn(message, fds[0])
+
+    def _collect(self) -> None:
+        """The one full collection of the import's garbage, off the boot's path: a collection
+        walks every object (100 ms and more for a large app); workers forked before it carry
+        that garbage frozen and shared, never collected, as with gunicorn's --preload."""
+        self.collect_pending = False
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        release_free_heap()
 
     def _send(self, message: Any) -> None:
         try:
@@ -304,6 +324,7 @@ class Preloader:
                 forked=True,
                 scoreboard=self.launch.scoreboard,
                 slot=request.slot if request.slot >= 0 else None,
+                spare=bool(request.spare),
             )
         )
         worker.use_heartbeat_fd(heartbeat_fd)
@@ -322,76 +343,5 @@ class Preloader:
         leave(code)
 
 
-def _release_free_heap() -> int:
-    """``malloc_trim``: the C heap's free pages, left by the import's temporaries, go back to the
-    kernel before the first fork instead of being inherited, resident, by every worker
-    (docs/memory.md). The bytes released (0 without glibc)."""
-    before = _linux.resident_bytes()
-    if not _linux.malloc_trim():
-        return 0
-    return max(0, before - _linux.resident_bytes())
-
-
 def _exit_on_sigterm(sig: int, frame: Any) -> None:
     os._exit(PRELOADER_EXIT_OK)
-
-
-def code_fingerprint(inherited: set[str] | frozenset[str] = frozenset()) -> str:
-    """A digest of the files of the modules the app's import brought in (path, size, mtime).
-
-    Modules the preloader inherited from the master are left out (the master
-    imports some of its own lazily, so they differ from one fork to the next).
-    Two preloaders of one app with the same digest imported the same files; a
-    different digest means the files on disk changed in between.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    for name, module in sorted(sys.modules.items()):
-        if name in inherited:
-            continue
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str):
-            continue
-        try:
-            stat = os.stat(path)
-        except OSError:
-            continue
-        digest.update(f"{name}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "replace"))
-    return digest.hexdigest()
-
-
-def module_files(inherited: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, int]]:
-    """(source path, st_mtime_ns) of each module the app's import brought in, as gunicorn's
-    reloader sees them (a ``.pyc`` stands for its ``.py``); the master watches these."""
-    found: dict[str, int] = {}
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if name in inherited or not isinstance(path, str):
-            continue
-        path = os.path.abspath(path[:-1] if path.endswith((".pyc", ".pyo")) else path)
-        try:
-            found.setdefault(path, os.stat(path).st_mtime_ns)
-        except OSError:
-            continue
-    return sorted(found.items())
-
-
-def failure_files(exc: BaseException) -> list[tuple[str, int]]:
-    """(path, st_mtime_ns) of the files a failed import's traceback names, with a SyntaxError's
-    own file: a module whose import failed is not in ``sys.modules``."""
-    paths: list[str] = []
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen and len(seen) < 10:
-        seen.add(id(current))
-        paths += [frame.filename for frame in traceback.extract_tb(current.__traceback__)]
-        if isinstance(current, SyntaxError) and current.filename:
-            paths.append(current.filename)
-        current = current.__cause__ or current.__context__
-    found: dict[str, int] = {}
-    for path in paths:
-        path = os.path.abspath(path)
-        try:
-            found.setdefault(path, os.stat(path).st_mtime_ns)
-        except OSError:
-            continue  # <frozen importlib._bootstrap>, <string>
-    return sorted(found.items())

@@ -40,6 +40,7 @@ class SpawnWorker:
 
     age: int
     slot: int = -1
+    spare: int = 0  # 1: park before the request loop until the master's SIGCONT (spare_workers)
     FDS: ClassVar[int] = 1
 
 

@@ -33,7 +33,7 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
-from gunicorn_smartspawn.worker import counting, models
+from gunicorn_smartspawn.worker import counting, models, parking
 from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
 HOOK_HELP = (
@@ -50,6 +50,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     __smartspawn__ = True
     app_name: str
     forked: bool
+    spare: bool
     private_fds: tuple[int, ...]
     first_heartbeat_mark: float
     tmp: Any  # gunicorn's WorkerTmp, or InheritedTmp in a forked worker
@@ -90,6 +91,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         self.forked = context.forked
         self.private_fds = context.private_fds
         self.scoreboard_index = context.slot
+        self.spare = context.spare
         self._scoreboard = context.scoreboard
         self._score: Any = None
         # WorkerTmp.notify() writes a monotonic clock reading over the file's
@@ -181,6 +183,8 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             events.fire(events.STARTING_WORKER_PROCESS, False)
 
     def run(self) -> None:
+        if self.spare and not parking.park(self):
+            return  # discarded while parked, or the master is gone
         try:
             super().run()
         finally:

@@ -34,6 +34,8 @@ class SpawnContext:
     private_fds: tuple[int, ...] = ()
     scoreboard: Any = None
     slot: int | None = None
+    #: a spare (``spare_workers``): park before the request loop until the master's SIGCONT
+    spare: bool = False
 
 
 class InheritedTmp:

@@ -178,6 +178,7 @@ def test_memory_info_adds_up() -> None:
     [
         ("gunicorn: worker [shop]", ("worker", "shop")),
         ("gunicorn: preloader [my-app.v2]", ("preloader", "my-app.v2")),
+        ("gunicorn: spare [shop]", ("spare", "shop")),
         ("gunicorn: master [gunicorn]", ("master", None)),
         ("gunicorn: master [multi.conf.py]  ", ("master", None)),
         ("gunicorn: dirty-arbiter", ("other", None)),
@@ -498,3 +499,12 @@ def test_status_table_never_stopping_preloader() -> None:
                                                (12.7, "12s"), (302, "5m 02s"), (3725, "1h 02m"), (90061, "1d 01h")])
 def test_durations(seconds: float | None, text: str) -> None:
     assert cli.duration(seconds) == text
+
+
+def test_status_table_lists_the_spares() -> None:
+    spares = [{"pid": 4720, "age": 9, "generation": 3, "parked": True, "uptime": 5.0},
+              {"pid": 4721, "age": 10, "generation": 3, "parked": False, "uptime": 0.1}]
+    text = cli.format_status(_status(spare_workers=2, spares=spares), read_proc=False)
+    _fits(text)
+    assert text.splitlines()[4] == "  spares 2 of 2: 4720, 4721 (starting)"
+    assert "spares" not in cli.format_status(_status(), read_proc=False)  # none configured: no line

@@ -78,7 +78,7 @@ class Master:
             for _ in range(action.count):
                 self.age += 1
                 self.requested[self.age] = action.preloader_pid
-                pool.spawn_requested(self.age, action.preloader_pid, self.now)
+                pool.spawn_requested(self.age, action.preloader_pid, self.now, action.spare)
         elif isinstance(action, SpawnDirect):
             for _ in range(action.count):
                 self.age += 1

@@ -242,6 +242,8 @@ BOOLEAN_ACCEPTED: Final = [("yes", True), ("True", True), ("0", False), (" no ",
 BOOLEAN_REFUSED: Final = ["maybe", 1, None]
 COUNT_ACCEPTED: Final = [("3", 3), (0, 0), (" 8 ", 8), (None, None)]
 COUNT_REFUSED: Final = [-1, "many", 2.5, True]
+SPARES_ACCEPTED: Final = [("3", 3), (0, 0), (" 1 ", 1), (v.MAX_SPARES, v.MAX_SPARES)]
+SPARES_REFUSED: Final = [-1, "many", 2.5, True, None, v.MAX_SPARES + 1]
 CLASS_ACCEPTED: Final = [(" gevent ", "gevent"), ("uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornWorker"), ("", None), (None, None)]
 CLASS_REFUSED: Final = [1, True, ["gevent"]]
 COUNTS_ACCEPTED: Final = [("1000, 5000", [1000, 5000]), ([50, 100, 1000], [50, 100, 1000]), ("", []), (None, []), ([], [])]
@@ -275,6 +277,8 @@ def _kind(name: str) -> str:
         return "counts"
     if check is v.warmup_requests:
         return "warmup"
+    if check is v.spare_count:
+        return "spares"
     assert name in CHOICES, f"{name}: a new kind of check needs its samples in this file"
     return "choice"
 
@@ -296,6 +300,9 @@ def _samples() -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any]]]:
         elif kind == "counts":
             accepted += [(name, given, expected) for given, expected in COUNTS_ACCEPTED]
             refused += [(name, value) for value in COUNTS_REFUSED]
+        elif kind == "spares":
+            accepted += [(name, given, expected) for given, expected in SPARES_ACCEPTED]
+            refused += [(name, value) for value in SPARES_REFUSED]
         elif kind == "class":
             accepted += [(name, given, expected) for given, expected in CLASS_ACCEPTED]
             refused += [(name, value) for value in CLASS_REFUSED]

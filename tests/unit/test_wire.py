@@ -101,7 +101,7 @@ def test_every_message_type_is_covered() -> None:
 def test_header_is_big_endian_u32_of_the_json_length() -> None:
     data = encode(SpawnWorker(age=1))
     assert data[:4] == len(data[4:]).to_bytes(4, "big")
-    assert json.loads(data[4:]) == {"type": "SpawnWorker", "age": 1, "slot": -1}
+    assert json.loads(data[4:]) == {"type": "SpawnWorker", "age": 1, "slot": -1, "spare": 0}
 
 
 def test_float_field_accepts_a_json_integer() -> None:
@@ -297,7 +297,7 @@ def padded(body: bytes, size: int) -> bytes:
 
 
 def test_command_frame_of_exactly_max_frame_bytes_is_accepted() -> None:
-    data = padded(b'{"type":"SpawnWorker","age":1,"slot":-1}', MAX_FRAME)
+    data = padded(b'{"type":"SpawnWorker","age":1,"slot":-1,"spare":0}', MAX_FRAME)
     assert len(data) == HEADER.size + MAX_FRAME
     decoder = FrameDecoder(COMMANDS)
     decoder.feed(data, [10])
@@ -461,7 +461,7 @@ def test_frame_split_across_sends_waits_for_its_rest(channels: tuple[Channel, Ch
 
 def test_command_frame_larger_than_one_read_arrives_whole(channels: tuple[Channel, Channel]) -> None:
     master, preloader = channels
-    data = padded(b'{"type":"SpawnWorker","age":5,"slot":2}', 300_000)
+    data = padded(b'{"type":"SpawnWorker","age":5,"slot":2,"spare":0}', 300_000)
     r, w = os.pipe()
     try:
         socket.send_fds(master.sock, [data[:1000]], [r])

@@ -1,0 +1,46 @@
+"""A spare worker's park (``spare_workers``): initialised, waiting before its request loop.
+
+The worker has run everything gunicorn runs before the loop (``post_fork``,
+``starting_worker_process``, ``post_worker_init``). It blocks SIGCONT,
+touches its heartbeat file once (the master's only sign that it is parked;
+it holds no channel to the master or its preloader, and nothing it could
+send), then waits for SIGCONT, which the master sends only to a spare it
+verified and registered. The wake-up is one signal: no fork, no import, no
+initialisation left on the path of the request that needed the worker.
+
+While parked, SIGTERM, SIGQUIT and SIGINT end it as they end any worker
+(gunicorn's handlers); it also leaves when its parent is no longer the
+master.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from gunicorn import util
+
+#: The master's wake-up: harmless (its default action is to continue) to any other process.
+WAKE = signal.SIGCONT
+#: How often a parked spare looks at its parent and at gunicorn's ``alive`` flag.
+CHECK_SECONDS = 0.25
+
+
+def park(worker: Any) -> bool:
+    """Wait for the master's wake-up; True to serve, False to leave (stopped, or orphaned)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {WAKE})
+    util._setproctitle(f"spare [{worker.app_name}]")
+    worker.notify()  # parked: the master may release it from now on
+    woken = False
+    try:
+        while worker.alive and not woken:
+            if os.getppid() != worker.ppid:
+                worker.log.info("Parent changed, shutting down: %s", worker)
+                return False
+            woken = signal.sigtimedwait({WAKE}, CHECK_SECONDS) is not None
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {WAKE})
+    if woken:
+        util._setproctitle(f"worker [{worker.app_name}]")
+    return woken and bool(worker.alive)
