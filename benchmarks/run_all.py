@@ -48,11 +48,11 @@ PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake
 
 # Sizes of a full run and of a --quick smoke run.
 FULL = {
-    "spawn": {"variants": ["smart", "direct", "stock", "stock-preload", "fork-floor",
+    "spawn": {"variants": ["smart", "smart-spare", "direct", "stock", "stock-preload", "fork-floor",
                            "uwsgi", "uwsgi-lazy"], "runs": 5, "warmup": 0, "breakdown": 3},
     "boot": {"variants": ["smart", "stock-preload", "direct", "stock", "uwsgi",
                           "uwsgi-lazy"], "runs": 5, "workers": 4},
-    "memory": {"variants": ["smart", "smart-no-freeze", "smart-warm", "direct", "stock",
+    "memory": {"variants": ["smart", "smart-no-freeze", "smart-warm", "smart-refork", "direct", "stock",
                             "stock-preload", "stock-preload-freeze",
                             "stock-preload-freeze-collect", "uwsgi", "uwsgi-lazy"],
                "runs": 1, "workers": 8, "requests": 2000},
