@@ -90,6 +90,8 @@ def test_trickled_frame_with_descriptors_leaves_the_masters_fd_table_alone(serve
     """The reported attack: announce a 900 KB frame, trickle its bytes with 16 descriptors each."""
     server = server_factory(*SMART, "-w", "2", "probe_app:app")
     workers = server.wait_workers(2)
+    if server.arg("--control-socket"):  # gunicorn 27 opens its control server's fds in a thread
+        server.wait_log("Control socket listening at")
     [preloader] = server.preloaders()
     sock = steal_channel(preloader, server.pid)
     before = peak = fd_count(server.pid)
