@@ -15,11 +15,11 @@ from gunicorn_smartspawn.scoreboard import (
     MAX_REQUEST_RATE,
     MAX_REQUESTS,
     SLOT,
+    LockedSlotWriter,
     Scoreboard,
     Scoreboards,
     SlotReading,
     SlotView,
-    LockedSlotWriter,
     SlotWriter,
     check_slot,
 )
