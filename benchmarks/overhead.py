@@ -2,6 +2,7 @@
 ``wrk`` on loopback, smart spawning vs stock gunicorn with the same workers.
 
     python benchmarks/overhead.py [--runs 8] [--duration 2] [--workers 4]
+                                  [--requests 20000] [--syscalls 2000]
 
 Configurations (all ``benchmarks.hello_app:application``, ``-w 4``):
 
@@ -9,10 +10,22 @@ Configurations (all ``benchmarks.hello_app:application``, ``-w 4``):
   stock-sync      gunicorn -w 4                    (sync worker)
   smart-gthread   gunicorn -k smartspawn.Worker -w 4 --threads 4
   stock-gthread   gunicorn -k gthread -w 4 --threads 4
+  direct-sync     gunicorn -k smartspawn.Worker --spawn-method=direct -w 4
   direct-gthread  gunicorn -k smartspawn.Worker --spawn-method=direct -w 4 --threads 4
                   (the plugin's worker class without a preloader)
 
-The configurations are compared in groups (sync: smart and stock; gthread:
+``--requests N`` makes every burst a fixed number of requests instead of a
+duration (one wrk thread, a Lua script that ends wrk at the Nth response):
+the server's CPU seconds (utime + stime of the master, the preloader and the
+workers, /proc/PID/stat) divided by N is the figure the CPU ratios compare,
+and requests/s is N over the burst's wall time.
+
+``--syscalls N`` ends each group with one burst of N requests per server
+under ``strace -c -f`` attached to all the server's processes: system calls
+per request, by name, for each configuration and against stock.  Unlike
+times, these counts do not move with the machine's load.
+
+The configurations are compared in groups (sync: smart, stock and direct; gthread:
 smart, stock and direct), all servers of a group running side by side.  A
 run waits until every server's workers exist and it is idle, warms each up
 with one untimed second of ``wrk``, then runs N cycles; in each cycle every
@@ -34,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,10 +69,26 @@ CONFIGS = {
     # the plugin's worker class without a preloader: tells a cost of the
     # worker class from a cost of being forked from the preloader
     "direct-gthread": ("direct", 4),
+    "direct-sync": ("direct", 1),
 }
 PAIRS = [("smart-sync", "stock-sync"), ("smart-gthread", "stock-gthread"),
-         ("direct-gthread", "stock-gthread")]
-GROUPS = [("smart-sync", "stock-sync"), ("smart-gthread", "stock-gthread", "direct-gthread")]
+         ("direct-sync", "stock-sync"), ("direct-gthread", "stock-gthread")]
+GROUPS = [("smart-sync", "stock-sync", "direct-sync"),
+          ("smart-gthread", "stock-gthread", "direct-gthread")]
+#: Ends wrk at the Nth response (wrk -t1 -s SCRIPT URL -- N): a fixed request count.
+FIXED_COUNT_LUA = """\
+local limit, seen = 0, 0
+function init(args) limit = tonumber(args[1]) end
+function response(status, headers, body)
+  seen = seen + 1
+  if seen >= limit then
+    io.write("fixed-count-done " .. seen .. "\\n")
+    io.flush()
+    os.exit(0)
+  end
+end
+"""
+FIXED_RE = re.compile(r"fixed-count-done (\d+)")
 
 
 @dataclass
@@ -73,6 +103,11 @@ class Options:
     isolate_stock: bool = True
     show_commands: bool = False
     wrk: str = "wrk"
+    #: >0: every burst is this many requests (the CPU figure's divisor), not a duration
+    requests: int = 0
+    #: >0: end each group with one burst of this many requests per server under strace -c
+    syscalls: int = 0
+    script: str = ""
 
 
 def find_wrk():
@@ -141,6 +176,120 @@ def run_wrk(wrk, port, duration, opts):
             "command": shown}
 
 
+def run_wrk_fixed(wrk, port, requests, opts):
+    """One burst of exactly ``requests`` responses (wrk -t1 and :data:`FIXED_COUNT_LUA`)."""
+    cmd = [wrk, "-t1", "-c%d" % opts.connections, "-d%ds" % 3600, "-s", opts.script,
+           "http://127.0.0.1:%d/" % port, "--", str(requests)]
+    shown = "wrk -t1 -c%d -s fixed_count.lua http://127.0.0.1:PORT/ -- %d" % (opts.connections, requests)
+    started = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=600, start_new_session=True)
+    elapsed = time.monotonic() - started
+    out = res.stdout + res.stderr
+    m = FIXED_RE.search(out)
+    if res.returncode != 0 or not m:
+        raise SampleError("wrk failed (status %s): %s" % (res.returncode, out.strip()[-500:]))
+    done = int(m.group(1))
+    return {"rps": done / elapsed, "requests": done, "socket_errors": {}, "non_2xx": 0,
+            "command": shown}
+
+
+def write_script(tmpdir):
+    path = os.path.join(tmpdir, "fixed_count.lua")
+    with open(path, "w") as f:
+        f.write(FIXED_COUNT_LUA)
+    return path
+
+
+STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
+
+
+def parse_strace_summary(text):
+    """{syscall: calls} from the table ``strace -c`` writes."""
+    calls = {}
+    for line in text.splitlines():
+        m = STRACE_ROW.match(line)
+        if m and m.group(2) != "total":
+            calls[m.group(2)] = calls.get(m.group(2), 0) + int(m.group(1))
+    return calls
+
+
+def count_syscalls(server, requests, opts, tmpdir):
+    """System calls of all the server's processes (threads too) over ``requests`` requests:
+    {"per_request": total / requests, "by_name": {name: calls / requests}}."""
+    pids = [server.pid] + harness.descendants_of(server.pid)
+    out = os.path.join(tmpdir, "strace-%d.txt" % server.port)
+    cmd = ["strace", "-c", "-f", "-o", out]
+    for pid in pids:
+        cmd += ["-p", str(pid)]
+    tracer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        attached = set()
+        deadline = time.monotonic() + 30
+        while not set(pids) <= attached and time.monotonic() < deadline:
+            line = tracer.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"Process (\d+) attached", line)
+            if m:
+                attached.add(int(m.group(1)))
+        if not set(pids) <= attached:
+            raise SampleError("strace attached to %s of %s" % (sorted(attached), pids))
+        r = run_wrk_fixed(opts.wrk, server.port, requests, opts)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        try:
+            tracer.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.communicate()
+    calls = parse_strace_summary(harness.read_text(out))
+    done = r["requests"]
+    return {"per_request": sum(calls.values()) / done,
+            "by_name": {k: v / done for k, v in sorted(calls.items())}, "requests": done}
+
+
+def wrapper_cost(repeats=30, number=20000):
+    """What the plugin adds around one request in the worker's own code, measured in this
+    process: the hello-world app called as gunicorn calls it (body iterated, then closed),
+    bare and wrapped as a worker wraps it (:mod:`gunicorn_smartspawn.worker.counting` over a
+    real scoreboard slot: a sync one, and gthread's locked one).  The minimum of ``repeats``
+    timings is kept, which other load on the machine moves far less than a server's figures.
+    Returns {"bare_us", "sync_us", "gthread_us"}: the bare call, and what each wrapper adds."""
+    import timeit
+
+    from gunicorn.http.wsgi import FileWrapper
+
+    from benchmarks.hello_app import application
+    from gunicorn_smartspawn.scoreboard import Scoreboard
+    from gunicorn_smartspawn.worker import counting
+
+    environ = {"wsgi.file_wrapper": FileWrapper}
+
+    def start_response(status, headers):
+        pass
+
+    def serve(app):
+        body = app(environ, start_response)
+        for _ in body:
+            pass
+        if hasattr(body, "close"):
+            body.close()
+
+    board = Scoreboard(2)
+    apps = {"bare_us": application}
+    for key, threaded in (("sync_us", False), ("gthread_us", True)):
+        tally = counting.Tally(board.slot(board.assign(), threaded), lambda: None)
+        apps[key] = counting.counted(application, "wsgi", tally)
+    best = dict.fromkeys(apps, float("inf"))
+    for _ in range(repeats):
+        for key, app in apps.items():
+            best[key] = min(best[key], timeit.timeit(lambda app=app: serve(app), number=number) / number * 1e6)
+    return {"bare_us": best["bare_us"], "sync_us": best["sync_us"] - best["bare_us"],
+            "gthread_us": best["gthread_us"] - best["bare_us"]}
+
+
 def start_group(configs, opts, tmpdir):
     """Start the servers of ``configs``; returns {config: Server} (all ready, idle)."""
     servers = {}
@@ -178,7 +327,10 @@ def run_wrk_on(server, duration, opts):
     far less than requests/s."""
     before = server_cpu_ticks(server)
     try:
-        r = run_wrk(opts.wrk, server.port, duration, opts)
+        if opts.requests > 0:
+            r = run_wrk_fixed(opts.wrk, server.port, opts.requests, opts)
+        else:
+            r = run_wrk(opts.wrk, server.port, duration, opts)
     except SampleError as e:
         e.log = server.log()
         raise
@@ -197,6 +349,8 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
     started = time.monotonic()
     own_tmp = tmpdir is None
     tmpdir = tmpdir or tempfile.mkdtemp(prefix="overhead-")
+    opts.script = write_script(tmpdir)
+    syscalls = {}
     rounds = [dict() for _ in range(runs)]
     cpu_rounds = [dict() for _ in range(runs)]
     failures, detail, commands = [], {c: [] for c in configs}, {}
@@ -232,6 +386,13 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
                         if r.get("cpu_us_per_request"):
                             cpu_rounds[cycle][config] = r["cpu_us_per_request"]
                         detail[config].append(r)
+                if opts.syscalls > 0 and shutil.which("strace"):
+                    for config in group:
+                        try:
+                            syscalls[config] = count_syscalls(servers[config], opts.syscalls,
+                                                              opts, tmpdir)
+                        except SampleError as e:
+                            harness.report_failure("[overhead strace] %s" % config, e)
                 for server in servers.values():
                     server.check_undisturbed([])
             finally:
@@ -254,11 +415,23 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
             s = harness.paired_ratio(cpu_rounds, a, b, None)
             if s:
                 cpu_ratios["%s/%s" % (a, b)] = s
+    syscall_diffs = {}
+    for a, b in PAIRS:
+        if a in syscalls and b in syscalls:
+            names = set(syscalls[a]["by_name"]) | set(syscalls[b]["by_name"])
+            syscall_diffs["%s-%s" % (a, b)] = {
+                "per_request": syscalls[a]["per_request"] - syscalls[b]["per_request"],
+                "by_name": {n: syscalls[a]["by_name"].get(n, 0.0) - syscalls[b]["by_name"].get(n, 0.0)
+                            for n in sorted(names)
+                            if abs(syscalls[a]["by_name"].get(n, 0.0)
+                                   - syscalls[b]["by_name"].get(n, 0.0)) >= 0.01}}
     wrk_cmd = next((d[0]["command"] for d in detail.values() if d), None)
     return {"piece": "overhead", "unit": "requests/s", "variants": configs,
             "workers": opts.workers, "duration": opts.duration, "rounds": rounds,
             "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
             "cpu_us_per_request": cpu, "cpu_ratios": cpu_ratios,
+            "syscalls_per_request": syscalls, "syscall_diffs": syscall_diffs,
+            "requests_per_burst": opts.requests or None,
             "commands": commands, "wrk_command": wrk_cmd,
             "notes": [
                 "requests/s of `%s` against %s, -w %d; the servers of a group (sync: smart "
@@ -284,14 +457,29 @@ def main(argv=None):
     parser.add_argument("--install-wrk", action="store_true",
                         help="apt-get install wrk if it is missing (root only)")
     parser.add_argument("--show-commands", action="store_true")
+    parser.add_argument("--requests", type=int, default=0, metavar="N",
+                        help="bursts of N requests each (wrk -t1) instead of --duration")
+    parser.add_argument("--syscalls", type=int, default=0, metavar="N",
+                        help="end each group with N requests per server under strace -c -f")
+    parser.add_argument("--configs", help="comma-separated configurations (default: all)")
+    parser.add_argument("--wrapper-cost", action="store_true",
+                        help="only measure, in this process, what the worker's request wrapper adds")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
+    if args.wrapper_cost:
+        cost = wrapper_cost()
+        print("hello-world app called as gunicorn calls it: %.2f us; the plugin's wrapper adds "
+              "%.2f us (sync slot), %.2f us (gthread's locked slot) per request (min of 30 x 20000)"
+              % (cost["bare_us"], cost["sync_us"], cost["gthread_us"]))
+        return 0
     wrk, message = ensure_wrk(args.install_wrk)
     print(message)
     if wrk is None:
         return 1
     result = run(args.runs, wrk, Options(duration=args.duration, workers=args.workers,
-                                         show_commands=args.show_commands))
+                                         show_commands=args.show_commands,
+                                         requests=args.requests, syscalls=args.syscalls),
+                 configs=args.configs.split(",") if args.configs else None)
     for c, s in result["summary"].items():
         if s:
             print("%-14s %9.1f requests/s [%.1f-%.1f]" % (c, s["median"], s["min"], s["max"]))
@@ -302,6 +490,12 @@ def main(argv=None):
             print("%-14s %7.1f us CPU per request [%.1f-%.1f]" % (c, s["median"], s["min"], s["max"]))
     for k, s in result["cpu_ratios"].items():
         print("  CPU %-24s %.3fx [%.3f-%.3f]" % (k, s["median"], s["min"], s["max"]))
+    for c, sc in result["syscalls_per_request"].items():
+        print("%-14s %6.2f system calls per request: %s" % (c, sc["per_request"], ", ".join(
+            "%s %.2f" % (k, v) for k, v in sc["by_name"].items() if v >= 0.01)))
+    for k, d in result["syscall_diffs"].items():
+        print("  syscalls %-28s %+.2f per request %s" % (k, d["per_request"], " ".join(
+            "%s %+.2f" % (n, v) for n, v in d["by_name"].items())))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -151,7 +151,7 @@ class Scoreboard:
     def slot(self, index: int | None, threaded: bool) -> SlotWriter | None:
         if index is None or not 0 <= index < self.slots or self.closed:
             return None
-        return SlotWriter(self._map, index * SLOT.size, threaded)
+        return (LockedSlotWriter if threaded else SlotWriter)(self._map, index * SLOT.size)
 
 
 class Scoreboards:
@@ -204,43 +204,64 @@ class Scoreboards:
             self.drop(name)
 
 
+#: What a request's begin writes: busy, requests and last request (the slot's bytes 4 to 24).
+_BEGIN: Final = struct.Struct("=IQd")
+#: What a request's end writes: busy alone (bytes 4 to 8).
+_END: Final = struct.Struct("=I")
+#: Where busy starts in a slot (the pid before it is written once, by the writer's constructor).
+_BUSY_AT: Final = 4
+
+
 class SlotWriter:
-    """A worker's own slot. ``begin``/``end`` bracket each request."""
+    """A worker's own slot. ``begin``/``end`` bracket each request.
 
-    __slots__ = ("_busy", "_last", "_lock", "_map", "_offset", "_requests", "_started")
+    Built for the request path: the pid and the start are written once, here;
+    a begin writes the three fields it changes in one ``pack_into``, an end the
+    one it changes (busy cannot pass :data:`MAX_BUSY`: no worker holds four
+    billion requests at once). No system call (``time.time`` reads the vDSO), no lock: a
+    sync, gevent or asyncio worker runs each begin and end whole, in one OS
+    thread (:class:`LockedSlotWriter` is the gthread worker's).
+    """
 
-    def __init__(self, shared: mmap.mmap, offset: int, threaded: bool) -> None:
+    __slots__ = ("_at", "_busy", "_lock", "_map", "_requests")
+
+    def __init__(self, shared: mmap.mmap, offset: int) -> None:
         self._map = shared
-        self._offset = offset
-        self._lock = threading.Lock() if threaded else None
+        self._at = offset + _BUSY_AT
+        self._lock: threading.Lock | None = None
         self._busy = 0
         self._requests = 0
-        self._last = 0.0
-        self._started = time.time()
-        self._write()
-
-    def _write(self) -> None:
-        busy = min(max(self._busy, 0), MAX_BUSY)
-        SLOT.pack_into(self._map, self._offset, os.getpid(), busy, self._requests, self._last, self._started)
+        SLOT.pack_into(shared, offset, os.getpid(), 0, 0, 0.0, time.time())
 
     def begin(self) -> None:
-        if self._lock is not None:
-            with self._lock:
-                self._begin()
-        else:
-            self._begin()
-
-    def _begin(self) -> None:
-        self._busy += 1
-        self._requests += 1
-        self._last = time.time()
-        self._write()
+        self._busy = busy = self._busy + 1
+        self._requests = requests = self._requests + 1
+        _BEGIN.pack_into(self._map, self._at, busy, requests, time.time())
 
     def end(self) -> None:
-        if self._lock is not None:
-            with self._lock:
-                self._busy -= 1
-                self._write()
-        else:
-            self._busy -= 1
-            self._write()
+        busy = self._busy - 1
+        self._busy = busy = busy if busy > 0 else 0  # an end without its begin cannot go below zero
+        _END.pack_into(self._map, self._at, busy)
+
+
+class LockedSlotWriter(SlotWriter):
+    """The slot of a worker whose requests run in several OS threads (gthread): each update under a
+    lock, so that no count is lost between threads and the last write is the latest count."""
+
+    __slots__ = ()
+
+    def __init__(self, shared: mmap.mmap, offset: int) -> None:
+        super().__init__(shared, offset)
+        self._lock = threading.Lock()
+
+    def begin(self) -> None:
+        with self._lock:  # type: ignore[union-attr]
+            self._busy = busy = self._busy + 1
+            self._requests = requests = self._requests + 1
+            _BEGIN.pack_into(self._map, self._at, busy, requests, time.time())
+
+    def end(self) -> None:
+        with self._lock:  # type: ignore[union-attr]
+            busy = self._busy - 1
+            self._busy = busy = busy if busy > 0 else 0
+            _END.pack_into(self._map, self._at, busy)

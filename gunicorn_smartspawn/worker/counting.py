@@ -27,6 +27,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
+def _nothing() -> None:
+    pass
+
+
 class Tally:
     """What the wrappers call around each request: the worker's scoreboard slot (None: none), and
     its heartbeat once, at the first request.
@@ -34,27 +38,29 @@ class Tally:
     A request model whose first heartbeat comes late (tornado's, a second into its loop) may
     serve, reach ``max_requests`` and leave before it; the master would take that worker for
     one that never served. A worker that began a request has served.
+
+    ``begin`` and ``end`` are attributes, not methods: after the first request they are the
+    slot's own bound methods, so the request path calls the slot directly, with no frame of
+    its own in between.
     """
 
-    __slots__ = ("_heartbeat", "_score")
+    __slots__ = ("_heartbeat", "_score", "begin", "end")
 
     def __init__(self, score: Any, heartbeat: Callable[[], Any]) -> None:
         self._score = score
         self._heartbeat: Callable[[], Any] | None = heartbeat
+        self.begin: Callable[[], None] = self._first_begin
+        self.end: Callable[[], None] = score.end if score is not None else _nothing
 
-    def begin(self) -> None:
+    def _first_begin(self) -> None:
         heartbeat, self._heartbeat = self._heartbeat, None
+        self.begin = self._score.begin if self._score is not None else _nothing
         if heartbeat is not None:
             try:
                 heartbeat()
             except (OSError, ValueError):
                 pass
-        if self._score is not None:
-            self._score.begin()
-
-    def end(self) -> None:
-        if self._score is not None:
-            self._score.end()
+        self.begin()
 
 
 class _End:
@@ -107,21 +113,25 @@ class _ClosingIterable(_Closing):
 class _ClosingList(list):  # type: ignore[type-arg]
     """A list body (servers compute its length) whose ``close()`` ends the request.
 
-    Made for every request of most apps, so kept lean: slots, no ``__del__``
-    (gunicorn's workers, gevent's pywsgi and tornado's WSGIContainer all close a
-    body that has ``close``).
+    Made for every request of most apps, so kept lean: slots, list's own
+    ``__init__`` (see :func:`_closing_list`), no ``__del__`` (gunicorn's workers,
+    gevent's pywsgi and tornado's WSGIContainer all close a body that has ``close``).
     """
 
     __slots__ = ("_score",)
 
-    def __init__(self, body: Iterable[bytes], score: Any) -> None:
-        list.__init__(self, body)
-        self._score = score
+    _score: Any
 
     def close(self) -> None:
         score, self._score = self._score, None
         if score is not None:
             score.end()
+
+
+def _closing_list(body: Iterable[bytes], score: Any) -> _ClosingList:
+    closing = _ClosingList(body)
+    closing._score = score
+    return closing
 
 
 def _chained_close(close: Callable[[], Any] | None, end: Callable[[], None]) -> Callable[[], None]:
@@ -137,7 +147,7 @@ def _chained_close(close: Callable[[], Any] | None, end: Callable[[], None]) -> 
 
 def _ending(body: Any, score: Any, environ: dict[str, Any]) -> Any:
     if type(body) in (list, tuple):
-        return _ClosingList(body, score)
+        return _closing_list(body, score)
     file_wrapper = environ.get("wsgi.file_wrapper")
     if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
         try:
@@ -163,6 +173,10 @@ class CountedWSGI:
         except BaseException:
             score.end()
             raise
+        if type(body) is list:  # most answers: made here, without another call
+            closing = _ClosingList(body)
+            closing._score = score
+            return closing
         return _ending(body, score, environ)
 
     def __getattr__(self, name: str) -> Any:  # what the server or the app asks of the app itself

@@ -166,6 +166,33 @@ def test_a_tally_heartbeats_once_at_the_first_request() -> None:
     assert beats == [True, True]
 
 
+def test_after_the_first_request_a_tally_calls_the_slot_itself() -> None:
+    # no frame of the tally's own on the request path once the heartbeat is sent
+    score = Score()
+    beats: list[bool] = []
+    tally = counting.Tally(score, lambda: beats.append(True))
+    assert tally.end == score.end
+    tally.begin()
+    assert tally.begin == score.begin and beats == [True]
+    empty = counting.Tally(None, lambda: beats.append(True))
+    empty.begin()
+    empty.end()
+    assert beats == [True, True] and empty.begin is empty.end
+
+
+def test_a_failing_first_heartbeat_still_counts_the_request() -> None:
+    score = Score()
+
+    def broken() -> None:
+        raise OSError("heartbeat file gone")
+
+    tally = counting.Tally(score, broken)
+    tally.begin()
+    tally.end()
+    tally.begin()
+    assert (score.requests, score.busy) == (2, 1)
+
+
 def test_gevent_requests_in_one_thread_lose_no_count() -> None:
     if importlib.util.find_spec("gevent") is None:
         if os.environ.get("CI"):

@@ -15,6 +15,7 @@ from gunicorn_smartspawn.scoreboard import (
     MAX_REQUEST_RATE,
     MAX_REQUESTS,
     SLOT,
+    LockedSlotWriter,
     Scoreboard,
     Scoreboards,
     SlotReading,
@@ -203,6 +204,61 @@ def test_a_threaded_writer_takes_its_lock_around_each_update() -> None:
 def test_a_sync_writer_has_no_lock() -> None:
     writer = Scoreboard(slots=1).slot(0, threaded=False)
     assert writer is not None and writer._lock is None
+
+
+def test_a_threaded_slot_gets_the_locked_writer() -> None:
+    board = Scoreboard(slots=2)
+    assert type(board.slot(0, threaded=False)) is SlotWriter
+    assert type(board.slot(1, threaded=True)) is LockedSlotWriter
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_begin_and_end_touch_only_busy_requests_and_last(threaded: bool) -> None:
+    # the pid and the start are written once, by the constructor; a request rewrites the rest only
+    board = Scoreboard(slots=3)
+    board.slot(0, threaded=False)
+    board.slot(2, threaded=False)
+    neighbours = (board.read(0), board.read(2))
+    writer = board.slot(1, threaded=threaded)
+    assert writer is not None
+    stamped = board.read(1)
+    writer.begin()
+    writer.begin()
+    begun = board.read(1)
+    assert (begun.pid, begun.started) == (stamped.pid, stamped.started) == (os.getpid(), stamped.started)
+    assert (begun.busy, begun.requests) == (2, 2) and stamped.started <= begun.last_request <= time.time()
+    writer.end()
+    ended = board.read(1)
+    assert (ended.pid, ended.busy, ended.requests, ended.last_request, ended.started) == (
+        os.getpid(), 1, 2, begun.last_request, stamped.started)
+    assert (board.read(0), board.read(2)) == neighbours
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_request_makes_no_getpid_call(threaded: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # getpid is a real system call (glibc caches it no more): the writer asks once, at its start
+    board = Scoreboard(slots=1)
+    writer = board.slot(0, threaded=threaded)
+    assert writer is not None
+
+    def no_getpid() -> int:
+        raise AssertionError("os.getpid() called on the request path")
+
+    monkeypatch.setattr(os, "getpid", no_getpid)
+    writer.begin()
+    writer.end()
+    monkeypatch.undo()
+    assert (board.read(0).pid, board.read(0).requests, board.read(0).busy) == (os.getpid(), 1, 0)
+
+
+def test_an_end_without_its_begin_stays_at_zero() -> None:
+    board = Scoreboard(slots=1)
+    writer = board.slot(0, threaded=False)
+    assert writer is not None
+    writer.end()
+    assert board.read(0).busy == 0
+    writer.begin()
+    assert board.read(0).busy == 1
 
 
 # -- what the master believes of a slot: check_slot ------------------------------------------------------
