@@ -11,7 +11,9 @@ docs/architecture.md, "gunicorn versions"):
 * 25.1+ serves ``gunicornc`` from a control thread (``_control_server``);
 * 27 reads ``reload_extra_files`` entries with ``*?[`` as globs, re-expanded per check;
 * 27 gives each worker its own ``--reuse-port`` listener, which the arbiter
-  leaves unbound (``LISTENERS`` empty).
+  leaves unbound (``LISTENERS`` empty);
+* the gthread worker of 27 finishes the connections it accepted when its loop
+  ends (``set_accept_enabled``); 23's drops those not yet dispatched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ import queue
 from typing import Any, Final
 
 from gunicorn.arbiter import Arbiter
+
+
+def gthread_drains() -> bool:
+    """Does gunicorn's gthread worker finish the connections it accepted once its loop ends?
+
+    (27: it stops accepting and serves them; 23: those waiting to be read are dropped, reset.)"""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    return hasattr(ThreadWorker, "set_accept_enabled")
+
 
 #: gunicorn >= 25 waits on a queue (``wait_for_signals``); 23 selects on a self-pipe (``sleep``).
 QUEUE_LOOP: Final = hasattr(Arbiter, "wait_for_signals")

@@ -185,8 +185,9 @@ class Reforker:
                     or state.generation != pool.generation):
                 continue
             if not can_refork(model):
-                self._tell_once(name, f"refork_after is ignored: {getattr(model, 'name', 'this')} workers cannot "
-                                      "become a preloader (sync and gthread can)")
+                self._tell_once(name, f"refork_after is ignored: {getattr(model, 'name', 'these')} workers cannot "
+                                      "become a preloader without dropping connections (sync can; gthread from "
+                                      "gunicorn 27, whose gthread worker finishes what it accepted)")
                 return []
             reading = board.check(child.worker.scoreboard_index, pid=child.pid, threads=child.worker.capacity,
                                   wall=wall, uptime=now - state.started_at)

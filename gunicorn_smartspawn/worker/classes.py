@@ -30,7 +30,7 @@ from gunicorn.workers.base import Worker as _GunicornWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
-from gunicorn_smartspawn import events
+from gunicorn_smartspawn import _compat, events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
 from gunicorn_smartspawn.worker import counting, models, parking
@@ -216,8 +216,11 @@ PROMOTE_SIGNAL = signal.SIGURG
 
 
 def can_refork(model: models.Model | None) -> bool:
-    """Request models whose loop ends cleanly in the process when ``alive`` turns False: sync, gthread."""
-    return model is not None and model.concurrency in ("sync", "threads")
+    """Request models whose loop ends in the process, every accepted connection served, when ``alive``
+    turns False: sync, and gthread where gunicorn's drains (27; not 23)."""
+    if model is None:
+        return False
+    return model.concurrency == "sync" or (model.concurrency == "threads" and _compat.gthread_drains())
 
 
 def _leave(sig: int, frame: Any) -> None:

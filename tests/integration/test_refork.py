@@ -14,7 +14,11 @@ import pytest
 
 from harness import SMART, Load, import_count, wait_for
 
-MODELS = pytest.mark.parametrize("threads", ["1", "4"], ids=["sync", "gthread"])
+from gunicorn_smartspawn import _compat
+
+GTHREAD = pytest.param("4", id="gthread", marks=pytest.mark.skipif(
+    not _compat.gthread_drains(), reason="this gunicorn's gthread worker drops accepted connections at its loop's end"))
+MODELS = pytest.mark.parametrize("threads", [pytest.param("1", id="sync"), GTHREAD])
 REFORK = re.compile(r"app=(\S+) refork (\d+): worker pid=(\d+) \((\d+) requests\) is the preloader of generation (\d+)")
 
 
@@ -64,6 +68,16 @@ def test_the_counts_go_on_from_preloader_to_preloader_and_a_hup_starts_them_agai
         load.wait_more(20)
     assert reforks(server)[2][0] == 1
     assert load.failures == [], load.failures[:3]
+
+
+@pytest.mark.skipif(_compat.gthread_drains(), reason="this gunicorn's gthread worker can be promoted")
+def test_a_gthread_worker_that_would_drop_connections_is_never_promoted(server_factory):
+    server = server_factory(*SMART, "-w", "1", "--threads", "4", "--refork-after", "5", "refork_app:app")
+    server.wait_workers(1)
+    with Load(server, threads=2) as load:
+        load.wait_more(30)
+        server.wait_log("refork_after is ignored: gthread workers cannot become a preloader")
+    assert reforks(server) == [] and load.failures == []
 
 
 def test_direct_spawning_says_once_that_refork_after_does_nothing(server_factory):

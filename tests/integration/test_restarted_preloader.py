@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from harness import SMART, Load, wait_for
+from harness import SMART, Load, alive, wait_for
 
 APP = """
 import json, os
@@ -52,6 +52,10 @@ def test_a_restarted_preloader_that_finds_new_code_rolls_every_worker_onto_it(se
     with Load(server, threads=2) as load:
         # a worker that dies makes a new preloader import v2: a new generation, never a mix for good
         os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: not alive(workers[0]), 10, "the killed worker gone")
+        dead_at = time.monotonic()
         server.wait_log("found other code on disk than its workers run", timeout=60)
         wait_for(lambda: load.answers("version")[-20:] == ["v2"] * 20, 60, "only v2 answers")
-    assert not load.failures, [f.why for f in load.failures[:3]]
+    # the request the killed worker had in hand (one: a sync worker) is lost with it; nothing after
+    lost, failed = [f for f in load.failures if f.started < dead_at], [f for f in load.failures if f.started >= dead_at]
+    assert len(lost) <= 1 and not failed, [f.why for f in load.failures[:3]]
