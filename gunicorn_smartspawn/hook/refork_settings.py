@@ -25,8 +25,8 @@ class ReforkAfter(Explicit, Setting):  # type: ignore[misc]
         Promote a worker that served this many requests to be the next preloader.
 
         A comma-separated list of increasing request counts (``1000,5000``;
-        a list in gunicorn.conf.py). Smart spawning, sync and gthread
-        workers. When a worker of the current generation has served the
+        a list in gunicorn.conf.py). Smart spawning; sync workers, and
+        gthread on gunicorn 27. When a worker of the current generation has served the
         first count, it finishes its request, stops accepting, and becomes
         its app's preloader: the caches, lazily built objects and imports
         that real traffic made in it are then shared copy-on-write by every
