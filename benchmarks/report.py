@@ -270,6 +270,8 @@ def _mem_run(results, variant):
 
 def explain(tid, results):
     """Markdown: why target ``tid`` was missed and what would close it."""
+    if tid.startswith("lead-"):  # issue 15's targets: lead_targets judges and explains them
+        return lead_targets.explain(tid, results)
     spawn = piece(results, "spawn")
     if tid in ("spawn-floor", "spawn-preload", "spawn-direct") and spawn:
         s = spawn["summary"]
@@ -1244,6 +1246,16 @@ def _headline(results):
                    "uWSGI / `--lazy-apps`"], rows)]
 
 
+def missed_targets(targets, results):
+    """One line per missed target: its shortfall, then why it was missed (:func:`explain`)."""
+    out = []
+    for t in targets:
+        if t["status"] == "MISS":
+            why = explain(t["id"], results)
+            out.append("- **%s** — %s.%s" % (t["text"], t["shortfall"], " " + why if why else ""))
+    return out
+
+
 def build_markdown(results, chart=None):
     m = results["meta"]
     _CPUS[0] = m.get("cpus")
@@ -1267,12 +1279,9 @@ def build_markdown(results, chart=None):
     out.append(table(["target", "measured", "result"],
                      [[t["text"], t["measured"] + (" — " + t["shortfall"] if t["shortfall"] else ""),
                        "**%s**" % t["status"]] for t in targets]))
-    misses = [t for t in targets if t["status"] == "MISS"]
+    misses = missed_targets(targets, results)
     if misses:
-        out += ["", "### Missed targets: by how much, why, what would close it", ""]
-        for t in misses:
-            why = explain(t["id"], results)
-            out.append("- **%s** — %s.%s" % (t["text"], t["shortfall"], " " + why if why else ""))
+        out += ["", "### Missed targets: by how much, why, what would close it", ""] + misses
     skipped = results.get("skipped") or {}
     if skipped:
         out += ["", "Skipped in this run:", ""] + ["- %s" % s for s in skipped.values()]
