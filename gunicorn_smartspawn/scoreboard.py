@@ -15,7 +15,10 @@ app code may have written anything into its app's board (another worker's
 slot, a NaN, a count of a billion). :func:`check_slot` turns a slot into a
 :class:`SlotReading` only if it is plausible for the worker the slot was
 assigned to, else None ("unknown"); nothing else of a slot reaches the
-master's answers.
+master's answers. The master reads a worker's slot one way, wherever it
+reads it (the dynamic pool, refork, ``smartspawn status``):
+:meth:`Scoreboards.reading`, which takes the slot's index and the bounds from
+the master's own record of the worker, never from the slot.
 
 Slot layout (32 bytes, native byte order)::
 
@@ -104,6 +107,16 @@ def check_slot(view: SlotView, *, pid: int, threads: int, wall: float, uptime: f
     return SlotReading(requests=view.requests, busy=view.busy, last_request=last if last > 0.0 else None)
 
 
+def capacity_of(worker: object) -> int:
+    """The most requests ``worker`` (the master's own record of it) may have in flight: its request
+    model's capacity (threads for gthread, worker_connections for gevent and ASGI), else its
+    configured threads; 1 when that is not a positive int."""
+    capacity = getattr(worker, "capacity", None)
+    if capacity is None:
+        capacity = getattr(getattr(worker, "cfg", None), "threads", 1)
+    return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1 else 1
+
+
 class Scoreboard:
     """One app's shared table; :meth:`slot` gives a worker its writer."""
 
@@ -146,6 +159,19 @@ class Scoreboard:
             return None
         return check_slot(self.read(index), pid=pid, threads=threads, wall=wall, uptime=uptime)
 
+    def reading(self, worker: object, *, pid: int, started_at: float, now: float, wall: float) -> SlotReading | None:
+        """What the master may believe of worker ``pid``'s slot; None when unknown.
+
+        ``worker`` is the master's own record of it, never what the worker wrote: its
+        ``scoreboard_index`` names the slot, its capacity (:func:`capacity_of`) bounds busy, and its
+        uptime ``now - started_at`` (both the master's monotonic clock) bounds the count of requests;
+        ``wall`` is the master's ``time.time()``. The slot itself goes through :meth:`check`.
+        """
+        index = getattr(worker, "scoreboard_index", None)
+        if not isinstance(index, int) or isinstance(index, bool):
+            return None
+        return self.check(index, pid=pid, threads=capacity_of(worker), wall=wall, uptime=now - started_at)
+
     # -- a worker -------------------------------------------------------------------------
 
     def slot(self, index: int | None, threaded: bool) -> SlotWriter | None:
@@ -178,6 +204,14 @@ class Scoreboards:
 
     def names(self) -> list[str]:
         return list(self._boards)
+
+    def reading(self, name: str, worker: object, *, pid: int, started_at: float, now: float, wall: float) -> SlotReading | None:
+        """Worker ``pid`` of app ``name`` as its slot says, checked (:meth:`Scoreboard.reading`); None
+        when unknown, or when the app has no board."""
+        board = self._boards.get(name)
+        if board is None:
+            return None
+        return board.reading(worker, pid=pid, started_at=started_at, now=now, wall=wall)
 
     def assign(self, name: str) -> int | None:
         """A free slot of ``name``'s board for a new worker of that app, or None."""

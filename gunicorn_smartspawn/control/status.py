@@ -5,7 +5,8 @@ app's scoreboard; pure apart from reading the clock it is given. The schema
 is documented in docs/tools.md and versioned by :data:`.protocol.PROTOCOL`.
 
 What a worker wrote into its slot is checked first
-(:meth:`.Scoreboard.check`): a slot that is not plausible for the worker it
+(:meth:`.Scoreboard.reading`, bounded by the master's own record of the
+worker): a slot that is not plausible for the worker it
 was assigned to shows as unknown (null), and no float that is not finite
 ever reaches the answer, which is JSON without NaN or Infinity.
 """
@@ -28,15 +29,6 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return round(float(value), digits)
 
 
-def _threads(worker: Any) -> int:
-    """The most requests ``worker`` can have in flight: its request model's capacity (threads for
-    gthread, worker_connections for gevent and ASGI), else its configured threads (1 if unknown)."""
-    threads = getattr(worker, "capacity", None)
-    if threads is None:
-        threads = getattr(getattr(worker, "cfg", None), "threads", 1)
-    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else 1
-
-
 def app_status(
     pool: AppPool, workers: Mapping[int, Any], scoreboard: Scoreboard | None, now: float, wall: float
 ) -> dict[str, Any]:
@@ -46,9 +38,8 @@ def app_status(
     for pid, state in sorted(pool.workers.items(), key=lambda item: item[1].age):
         requests = busy = last_ago = None
         worker = workers.get(pid)
-        index = getattr(worker, "scoreboard_index", None) if worker is not None else None
-        if scoreboard is not None and index is not None:
-            slot = scoreboard.check(index, pid=pid, threads=_threads(worker), wall=wall, uptime=now - state.started_at)
+        if scoreboard is not None and worker is not None:
+            slot = scoreboard.reading(worker, pid=pid, started_at=state.started_at, now=now, wall=wall)
             if slot is not None:
                 requests, busy = slot.requests, slot.busy > 0
                 last_ago = None if slot.last_request is None else _round(max(0.0, wall - slot.last_request))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gunicorn_smartspawn.master import scaling
+from gunicorn_smartspawn.scoreboard import capacity_of
 
 if TYPE_CHECKING:
     from gunicorn_smartspawn.master.arbiter import SmartArbiter
@@ -153,19 +154,15 @@ class DynamicPools:
         master = self.master
         pool = master.apps.pools[name]
         spec = master.apps.specs[name]
-        board = master.scoreboards.get(name)
         wall = time.time()
-        threads = max(1, int(spec.cfg.threads))
         workers = []
         for child in master.children.of_role("worker", name):
             state = pool.workers.get(child.pid)
             if state is None or state.retiring:
                 continue
-            reading = None
-            capacity = getattr(child.worker, "capacity", threads)  # the request model's: gevent, ASGI: connections
-            if board is not None:
-                reading = board.check(child.worker.scoreboard_index, pid=child.pid, threads=capacity, wall=wall,
-                                      uptime=now - state.started_at)
+            capacity = capacity_of(child.worker)  # the request model's: gevent, ASGI: connections
+            reading = master.scoreboards.reading(name, child.worker, pid=child.pid, started_at=state.started_at,
+                                                 now=now, wall=wall)
             busy = reading.busy if reading is not None else 0
             last = reading.last_request if reading is not None else None
             idle_since = now - max(0.0, wall - last) if last is not None else state.started_at

@@ -173,8 +173,8 @@ class Reforker:
             self._promote(name, pool, choice, now)
 
     def _served(self, name: str, pool: AppPool) -> list[Served]:
-        board = self.master.scoreboards.get(name)
-        if board is None:
+        boards = self.master.scoreboards
+        if boards.get(name) is None:
             return []
         wall, now = time.time(), time.monotonic()
         served = []
@@ -189,8 +189,7 @@ class Reforker:
                                       "become a preloader without dropping connections (sync can; gthread from "
                                       "gunicorn 27, whose gthread worker finishes what it accepted)")
                 return []
-            reading = board.check(child.worker.scoreboard_index, pid=child.pid, threads=child.worker.capacity,
-                                  wall=wall, uptime=now - state.started_at)
+            reading = boards.reading(name, child.worker, pid=child.pid, started_at=state.started_at, now=now, wall=wall)
             if reading is not None:
                 served.append(Served(child.pid, reading.requests))
         return served

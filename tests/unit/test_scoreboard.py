@@ -6,6 +6,8 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from gunicorn_smartspawn.scoreboard import (
     SlotReading,
     SlotView,
     SlotWriter,
+    capacity_of,
     check_slot,
 )
 
@@ -354,6 +357,95 @@ def test_a_closed_board_reads_unknown_and_refuses_writers() -> None:
     assert board.slot(index, threaded=False) is None
     assert board.assign() is None
     board.release(index)  # nothing to release into, and no error
+
+
+# -- reading a worker's slot as the master knows the worker: Scoreboard(s).reading ---------------------------------
+
+
+@dataclass
+class Cfg:
+    threads: Any = 1
+
+
+@dataclass
+class Record:
+    """The master's record of a worker: its slot index and, for the plugin's worker class, its capacity."""
+
+    scoreboard_index: Any
+    capacity: Any = None
+    cfg: Cfg = field(default_factory=Cfg)
+
+
+NOW = 5000.0  # the master's monotonic clock
+
+
+def written(board: Scoreboard, index: int, *values: Any) -> Scoreboard:
+    SLOT.pack_into(board._map, index * SLOT.size, *values)
+    return board
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (Record(0, capacity=8), 8),  # the request model's capacity
+        (Record(0, cfg=Cfg(threads=4)), 4),  # none: the configured threads
+        (Record(0), 1),
+        (Record(0, capacity=0), 1),  # a capacity that is not a positive int: 1, not the threads
+        (Record(0, capacity=True, cfg=Cfg(threads=4)), 1),
+        (Record(0, capacity=2.5), 1),
+        (Record(0, cfg=Cfg(threads="4")), 1),
+        (object(), 1),
+    ],
+)
+def test_a_workers_capacity_comes_from_the_masters_record(record: Any, expected: int) -> None:
+    assert capacity_of(record) == expected
+
+
+def test_a_reading_is_the_checked_slot_of_the_records_index() -> None:
+    board = written(Scoreboard(slots=4), 2, 4242, 3, 40, WALL - 0.5, WALL - 50.0)
+    read = board.reading(Record(2, capacity=4), pid=4242, started_at=NOW - 60.0, now=NOW, wall=WALL)
+    assert read == SlotReading(requests=40, busy=3, last_request=WALL - 0.5)
+    assert board.reading(Record(2, cfg=Cfg(threads=4)), pid=4242, started_at=NOW - 60.0, now=NOW, wall=WALL) == read
+    assert board.reading(Record(1, capacity=4), pid=4242, started_at=NOW - 60.0, now=NOW, wall=WALL) is None  # not its slot
+    assert board.reading(Record(2, capacity=4), pid=4243, started_at=NOW - 60.0, now=NOW, wall=WALL) is None  # not its pid
+
+
+def test_a_reading_is_bounded_by_the_capacity_and_the_uptime_the_master_knows() -> None:
+    board = written(Scoreboard(slots=1), 0, 4242, 3, 3 * MAX_REQUEST_RATE, WALL - 0.5, WALL - 50.0)
+    worker = Record(0, capacity=4)
+    assert board.reading(worker, pid=4242, started_at=NOW - 1.0, now=NOW, wall=WALL) is not None  # 3 s with the skew
+    assert board.reading(worker, pid=4242, started_at=NOW - 0.5, now=NOW, wall=WALL) is None  # too many for 2.5 s
+    assert board.reading(Record(0, capacity=2), pid=4242, started_at=NOW - 1.0, now=NOW, wall=WALL) is None  # 3 busy
+
+
+@pytest.mark.parametrize("index", [None, -1, 4, True, 1.0, "0", 1 << 40])
+def test_a_record_without_a_slot_index_reads_unknown(index: Any) -> None:
+    board = written(Scoreboard(slots=4), 0, 4242, 0, 1, WALL - 1.0, WALL - 5.0)
+    written(board, 1, 4242, 0, 1, WALL - 1.0, WALL - 5.0)
+    assert board.reading(Record(index), pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None
+    assert board.reading(object(), pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None
+
+
+def test_a_forged_slot_reads_unknown_through_the_registry() -> None:
+    boards = Scoreboards(slots=2)
+    index = boards.assign("shop")
+    written(boards.for_app("shop"), 0, 4242, 200, 999_999_999, math.nan, math.inf)
+    assert boards.reading("shop", Record(index), pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None
+    boards.close()
+
+
+def test_the_registry_reads_each_app_from_its_own_board_and_none_without_one() -> None:
+    boards = Scoreboards(slots=2)
+    shop, blog = boards.assign("shop"), boards.assign("blog")
+    written(boards.for_app("shop"), 0, 4242, 1, 3, WALL - 2.0, WALL - 5.0)
+    worker = Record(shop, capacity=1)
+    assert shop == blog == 0
+    assert boards.reading("shop", worker, pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) == SlotReading(3, 1, WALL - 2.0)
+    assert boards.reading("blog", worker, pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None  # blog's slot 0
+    assert boards.reading("admin", worker, pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None  # no board
+    boards.drop("shop")
+    assert boards.reading("shop", worker, pid=4242, started_at=NOW - 10.0, now=NOW, wall=WALL) is None
+    boards.close()
 
 
 # -- one board per app: Scoreboards ------------------------------------------------------------------------------
