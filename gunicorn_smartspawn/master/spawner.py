@@ -9,6 +9,7 @@ workers' heartbeat files, and the listeners of every other app.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,27 @@ from gunicorn_smartspawn.master import spares
 from gunicorn_smartspawn.master.children import Child
 from gunicorn_smartspawn.master.isolation import leave_master
 from gunicorn_smartspawn.master.pool import AppPool
+from gunicorn_smartspawn.preloader.code import merge_memory
 from gunicorn_smartspawn.preloader.process import Launch, Preloader
 from gunicorn_smartspawn.wire import Channel, SpawnWorker
 from gunicorn_smartspawn.worker.runtime import SpawnContext, leave, run_worker_process
 
 if TYPE_CHECKING:
     from gunicorn_smartspawn.master.arbiter import SmartArbiter
+
+
+def share_heap() -> None:
+    """Before a fork: collect the master's garbage, then freeze the rest (``gc.freeze()``).
+
+    A full collection writes to the header of every object it examines, and each write copies a
+    page the master shares with its children. Frozen, the master's objects are examined neither
+    by its own later collections nor by the child's: the master's PSS with 8 smart workers went
+    from 20.5 to 14.7 MiB (docs/memory.md). Unfreezing first lets garbage frozen at an earlier
+    fork be collected now, so nothing leaks for longer than one fork to the next.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class Spawner:
@@ -58,6 +74,7 @@ class Spawner:
         except OSError as exc:
             pool.start_failed("start a preloader", f"socketpair: {exc.strerror or exc}", now, generation)
             return None
+        share_heap()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -186,6 +203,7 @@ class Spawner:
         spec = self.apps.specs[pool.name]
         worker = self.new_worker(spec, forked=False)
         self.master.cfg.pre_fork(self.master, worker)
+        share_heap()
         pid = os.fork()
         if pid != 0:
             worker.pid = pid
@@ -196,6 +214,8 @@ class Spawner:
         code = WORKER_BOOT_ERROR
         try:
             self._leave_master(spec, [])
+            if spec.cfg.ksm:
+                merge_memory(self.log, spec.name, "worker")
             worker.pid = os.getpid()
             worker.sockets = _compat.per_worker_listeners(spec.cfg, list(worker.sockets), self.log)
             spec.enter()
