@@ -68,6 +68,21 @@ def test_a_worker_respawned_after_a_kill_is_marked(server_factory):
     assert merge_any(second)
 
 
+def test_a_hup_generation_and_its_spare_are_marked(server_factory):
+    import signal
+
+    server = server_factory(*SMART, "--ksm", "--spare-workers", "1", "-w", "1", "probe_app:app")
+    (old,) = server.wait_workers(1)
+    old_preloader = server.preloaders()
+    server.signal(signal.SIGHUP)
+    (new,) = wait_for(lambda: [p for p in server.workers() if p != old] or None, timeout=20,
+                      what="a worker of generation 2")
+    new_preloader = wait_for(lambda: [p for p in server.preloaders() if p not in old_preloader] or None,
+                             timeout=20, what="the preloader of generation 2")
+    spare = wait_for(lambda: server.app_pids("spare", "probe_app") or None, timeout=20, what="a parked spare")
+    assert all(merge_any(p) for p in (new, *new_preloader, *spare))
+
+
 def test_per_app(server_factory, tmp_path):
     ports = free_port(), free_port()
     conf = tmp_path / "multi.py"
