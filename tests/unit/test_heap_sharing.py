@@ -11,7 +11,7 @@ import pytest
 
 from gunicorn_smartspawn import _linux
 from gunicorn_smartspawn.master.setup import ksm_notes
-from gunicorn_smartspawn.master.spawner import share_heap
+from gunicorn_smartspawn.master.spawner import FULL_COLLECT_EVERY, HeapSharing
 
 
 class Node:
@@ -29,21 +29,27 @@ def test_share_heap_freezes_what_lives_and_collects_what_does_not(frozen):
     dead, alive = Node(), Node()
     dead_ref = weakref.ref(dead)
     del dead
-    share_heap()
+    HeapSharing().before_fork(0.0)
     assert dead_ref() is None  # collected before the freeze, not frozen forever
     assert gc.get_freeze_count() > 0
     assert gc.is_tracked(alive) and not any(o is alive for o in gc.get_objects())  # frozen: in no generation
 
 
-def test_garbage_frozen_at_one_fork_is_collected_at_the_next(frozen):
+def test_garbage_frozen_at_one_fork_is_collected_at_a_later_full_collection(frozen):
+    heap = HeapSharing()
     node = Node()
     ref = weakref.ref(node)
-    share_heap()  # frozen while alive
+    heap.before_fork(100.0)  # frozen while alive
     del node
     gc.collect()
     assert ref() is not None  # a frozen cycle is not examined...
-    share_heap()
-    assert ref() is None  # ...until the next fork's collection: it leaks for one fork at most
+    young = Node()
+    young_ref = weakref.ref(young)
+    del young
+    heap.before_fork(100.0 + FULL_COLLECT_EVERY / 2)  # another fork soon after: young garbage only
+    assert ref() is not None and young_ref() is None
+    heap.before_fork(100.0 + FULL_COLLECT_EVERY)
+    assert ref() is None  # ...until the next full one: it leaks for FULL_COLLECT_EVERY at most
 
 
 def test_ksm_notes_say_what_to_do(tmp_path: Path):
