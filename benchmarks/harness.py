@@ -87,6 +87,8 @@ class Variant:
     stock: bool = False
     #: refork_after: traffic first, until a worker was promoted and the workers rolled onto it
     refork: bool = False
+    #: --ksm: KSM's daemon runs during the sample and has converged before memory is read (ksm.py)
+    ksm: bool = False
 
     def command(self, *, app, workers, port, tmpdir, threads=1, spawnable=False,
                 isolate_stock=True):
@@ -194,6 +196,11 @@ VARIANTS = {v.name: v for v in [
             (*PLUGIN, "--spawn-method=smart", "-c", _conf("smart_warm.py")), plugin=True),
     Variant("smart-refork", "smartspawn smart, refork after 1000 requests", "gunicorn",
             (*PLUGIN, "--spawn-method=smart", "--refork-after", "1000"), plugin=True, refork=True),
+    Variant("smart-ksm", "smartspawn smart --ksm", "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", "--ksm"), plugin=True, ksm=True),
+    Variant("smart-refork-ksm", "smartspawn smart, refork after 1000 requests, --ksm", "gunicorn",
+            (*PLUGIN, "--spawn-method=smart", "--refork-after", "1000", "--ksm"), plugin=True,
+            refork=True, ksm=True),
     Variant("direct", "smartspawn direct", "gunicorn",
             (*PLUGIN, "--spawn-method=direct"), plugin=True),
     Variant("stock", "gunicorn", "gunicorn", (), stock=True),

@@ -25,7 +25,7 @@ BOOT_FIRST_LIMIT = 1.00       # first worker answering / stock --preload
 BOOT_ALL_LIMIT = 1.05         # all workers answering / stock --preload
 
 SMART_SPAWN = ("smart-spare", "smart")
-SMART_MEMORY = ("smart-refork", "smart-warm", "smart")
+SMART_MEMORY = ("smart-refork-ksm", "smart-ksm", "smart-refork", "smart-warm", "smart")
 
 
 def _target(tid, text, measured, ok, shortfall, value=None, judged=None):

@@ -54,11 +54,12 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness, ksm  # noqa: E402
 from benchmarks.harness import SampleError  # noqa: E402
 
 DEFAULT_VARIANTS = [
-    "smart", "smart-no-freeze", "smart-warm", "smart-refork", "direct", "stock", "stock-preload",
+    "smart", "smart-no-freeze", "smart-warm", "smart-refork", "smart-ksm", "smart-refork-ksm", "direct",
+    "stock", "stock-preload",
     "stock-preload-freeze", "stock-preload-freeze-collect",
 ]
 # (numerator, denominator) of the ratios of total PSS after the requests
@@ -70,6 +71,9 @@ RATIOS = [
     ("smart-warm", "smart"),
     ("smart-refork", "smart"),
     ("smart-refork", "stock-preload-freeze"),
+    ("smart-ksm", "stock-preload-freeze"),
+    ("smart-refork-ksm", "stock-preload-freeze"),
+    ("smart-ksm", "smart"),
     ("stock-preload-freeze-collect", "stock-preload-freeze"),
     ("stock-preload-freeze", "stock-preload"),
     ("stock-preload", "direct"),
@@ -267,6 +271,21 @@ def refork_first(server, workers, clients, timeout):
 
 
 def memory_sample(variant, opts, tmpdir):
+    if not harness.VARIANTS[variant].ksm:
+        return _memory_sample(variant, opts, tmpdir, None)
+    with ksm.Daemon() as daemon:
+        return _memory_sample(variant, opts, tmpdir, daemon)
+
+
+def _memory_sample(variant, opts, tmpdir, daemon):
+    """One sample; ``daemon`` (the ksm variants): KSM has converged before each reading."""
+    converged = []
+
+    def settle():
+        server.settle()
+        if daemon is not None:
+            converged.append(daemon.converge())
+
     server = harness.Server(harness.VARIANTS[variant], opts.app, workers=opts.workers,
                             tmpdir=tmpdir, isolate_stock=opts.isolate_stock)
     if opts.show_commands:
@@ -282,7 +301,7 @@ def memory_sample(variant, opts, tmpdir):
         clients = opts.clients or 2 * opts.workers
         if harness.VARIANTS[variant].refork:
             workers = refork_first(server, workers, clients, opts.drive_timeout)
-        server.settle()
+        settle()
         boot = snapshot(server, workers)
         load = drive(server.port, workers, opts.requests, clients, opts.drive_timeout)
         server.check_alive("serving")
@@ -295,10 +314,10 @@ def memory_sample(variant, opts, tmpdir):
         if server.worker_pids() != workers:
             raise SampleError("%s: workers changed during the drive: %s -> %s"
                               % (variant, workers, server.worker_pids()), server.log())
-        server.settle()
+        settle()
         after = snapshot(server, workers)
         collect_in_every_worker(server, workers, timeout=60, path=opts.collect_path)
-        server.settle()
+        settle()
         collected = snapshot(server, workers)
         server.check_undisturbed([])
         served = [load["counts"][p] for p in workers]
@@ -309,7 +328,8 @@ def memory_sample(variant, opts, tmpdir):
                 "requests_total": load["total"], "drive_seconds": load["seconds"],
                 "requests_per_second": load["total"] / load["seconds"],
                 "n_bad_status": load["n_bad_status"], "n_errors": load["n_errors"],
-                "clients": clients, "master_pid": server.pid}
+                "clients": clients, "master_pid": server.pid,
+                "ksm": converged[1] if len(converged) > 1 else None}
     finally:
         server.stop()
 
@@ -325,6 +345,12 @@ def run(variants, runs, opts=None, tmpdir=None):
     """Measure ``variants`` for ``runs`` interleaved rounds; the piece's result dict."""
     opts = opts or Options()
     started = time.monotonic()
+    skipped = {}
+    if any(harness.VARIANTS[v].ksm for v in variants) and ksm.unavailable():
+        skipped = {v: ksm.unavailable() for v in variants if harness.VARIANTS[v].ksm}
+        variants = [v for v in variants if v not in skipped]
+        for v, why in skipped.items():
+            print("[memory] %s skipped: %s" % (v, why))
 
     def describe(prefix, r):
         a, b, c = r["after"], r["boot"], r["collected"]
@@ -365,6 +391,7 @@ def run(variants, runs, opts=None, tmpdir=None):
             "served_min": min(r["served"]["min"] for r in rs),
             "served_max": max(r["served"]["max"] for r in rs),
             "requests_per_second": harness.summarize([r["requests_per_second"] for r in rs]),
+            "ksm": [r["ksm"] for r in rs if r.get("ksm")],
         }
     ratios = {}
     for a, b in RATIOS:
@@ -372,7 +399,7 @@ def run(variants, runs, opts=None, tmpdir=None):
             s = harness.paired_ratio(rounds, a, b, "total_pss")
             if s:
                 ratios["%s/%s" % (a, b)] = s
-    return {"piece": "memory", "unit": "bytes", "variants": variants,
+    return {"piece": "memory", "unit": "bytes", "variants": variants, "skipped_variants": skipped,
             "workers": opts.workers, "requests": opts.requests, "rounds": rounds,
             "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
             "notes": [
@@ -387,6 +414,10 @@ def run(variants, runs, opts=None, tmpdir=None):
                 "collect=1, each worker kept busy so that the next goes to another), "
                 "the server settles and memory is read again: what a worker's first "
                 "full collection, which comes sooner or later, does to the sharing",
+                "the ksm variants (--ksm) run with the kernel's KSM daemon started for the "
+                "sample (it needs root) and, before each reading, scanning fast until %d full "
+                "scans have passed: the steady state the default rate reaches in minutes; "
+                "the machine's KSM settings are restored after each sample" % ksm.SCANS,
             ],
             "seconds": time.monotonic() - started}
 

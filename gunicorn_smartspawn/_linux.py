@@ -19,6 +19,9 @@ from typing import Final
 
 PR_SET_PDEATHSIG: Final = 1
 PR_SET_CHILD_SUBREAPER: Final = 36
+PR_SET_MEMORY_MERGE: Final = 67  # Linux >= 6.4
+PR_GET_MEMORY_MERGE: Final = 68
+KSM_RUN: Final = "/sys/kernel/mm/ksm/run"
 CLONE_PARENT: Final = 0x00008000
 #: clone's syscall number where its first argument is the flags and the rest may be 0.
 _SYS_CLONE: Final = {"x86_64": 56, "aarch64": 220}
@@ -46,6 +49,41 @@ def become_subreaper() -> bool:
 def set_parent_death_signal(sig: int) -> bool:
     """Have the kernel send ``sig`` to this process when its parent dies."""
     return prctl(PR_SET_PDEATHSIG, sig)
+
+
+def enable_memory_merge() -> str | None:
+    """``prctl(PR_SET_MEMORY_MERGE, 1)``: KSM may merge every anonymous page of this process, now and
+    later, with identical pages of other processes that did the same; children inherit it.
+    None when done, else why not."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return "no C library with prctl()"
+    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0:
+        return None
+    err = ctypes.get_errno()
+    if err == errno.EINVAL:
+        return f"this kernel ({os.uname().release}) has no PR_SET_MEMORY_MERGE: Linux 6.4 or later is needed"
+    return f"prctl(PR_SET_MEMORY_MERGE): {os.strerror(err)}"
+
+
+def memory_merge_supported() -> str | None:
+    """Whether this kernel has ``PR_SET_MEMORY_MERGE``, asked without changing anything:
+    None if it has, else why not."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return "no C library with prctl()"
+    if libc.prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) >= 0:
+        return None
+    return f"this kernel ({os.uname().release}) has no PR_SET_MEMORY_MERGE: Linux 6.4 or later is needed"
+
+
+def ksm_running(path: str = KSM_RUN) -> bool | None:
+    """Whether the kernel's KSM daemon runs (``/sys/kernel/mm/ksm/run`` is 1); None without KSM."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16).strip() == b"1"
+    except OSError:
+        return None
 
 
 def malloc_trim() -> bool:

@@ -303,6 +303,7 @@ PLUGIN_CHECKS: Final[dict[str, Check]] = {
     "preloader_start_timeout": whole_seconds("0 waits forever"),
     "spawn_timeout": whole_seconds("0 waits forever"),
     "gc_freeze": boolean,
+    "ksm": boolean,
     "smart_fork": choice(
         *SMART_FORKS,
         explain="'auto' (one clone when the preloader is single-threaded) or 'double-fork' (always fork twice)",

@@ -32,6 +32,7 @@ validate_idle_timeout = _validator("preloader_idle_timeout")
 validate_start_timeout = _validator("preloader_start_timeout")
 validate_spawn_timeout = _validator("spawn_timeout")
 validate_gc_freeze = _validator("gc_freeze")
+validate_ksm = _validator("ksm")
 validate_smart_fork = _validator("smart_fork")
 validate_fork_safety = _validator("fork_safety")
 validate_fork_safety_libraries = _validator("fork_safety_libraries")
@@ -145,6 +146,29 @@ class GcFreeze(Explicit, _FlagPairOption, Setting):  # type: ignore[misc]
         """
 
 
+class Ksm(Explicit, _FlagPairOption, Setting):  # type: ignore[misc]
+    name = "ksm"
+    section = SECTION
+    cli = ["--ksm"]
+    validator = validators.deferred(validate_ksm)
+    default = False
+    desc = """\
+        Let the kernel merge identical memory pages of the app's processes (KSM).
+
+        Marks the preloader, and so every worker it forks, or each direct
+        worker, with ``prctl(PR_SET_MEMORY_MERGE)`` (Linux 6.4 or later).
+        A worker copies each shared page it writes to, and about half of
+        these copies end up byte-identical to the preloader's (a reference
+        count that went up and back down); the kernel's KSM daemon merges
+        them back. KSM runs only when root has started it
+        (``echo 1 > /sys/kernel/mm/ksm/run``); the master says so when it
+        does not. It costs the daemon's CPU time, and merged pages let a
+        process that shares them learn by timing whether another holds the
+        same bytes: turn it on only for apps that trust each other. As
+        uWSGI's ``ksm``. See docs/memory.md.
+        """
+
+
 class SmartFork(Explicit, _ChoiceOption, Setting):  # type: ignore[misc]
     name = "smart_fork"
     section = SECTION
@@ -211,7 +235,7 @@ class Apps(Explicit, Setting):  # type: ignore[misc]
         ``preloader_start_timeout``, ``spawn_timeout``, ``preloader_warmup``,
         ``preloader_warmup_timeout``, ``min_workers``,
         ``max_workers``, ``worker_idle_timeout``, ``spare_workers``, ``friendly_errors``, ``refork_after``,
-        ``gc_freeze``, ``smart_fork``, ``fork_safety``,
+        ``gc_freeze``, ``ksm``, ``smart_fork``, ``fork_safety``,
         ``fork_safety_libraries``, ``timeout``, ``graceful_timeout``,
         ``max_requests``, ``max_requests_jitter``, ``chdir``,
         ``pythonpath``, ``env``, ``user``, ``group`` and ``restart_file``;
@@ -346,6 +370,7 @@ PLUGIN_SETTINGS: Final = (
     "friendly_errors",
     "refork_after",
     "gc_freeze",
+    "ksm",
     "smart_fork",
     "fork_safety",
     "fork_safety_libraries",

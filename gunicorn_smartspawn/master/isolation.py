@@ -85,7 +85,8 @@ def forget_other_apps(master: Any, spec: AppSpec) -> None:
     others.clear()
     master.children.forget_other_apps(spec.name)
     master.apps.keep_only(spec.name)
-    gc.collect()
+    gc.unfreeze()  # the master froze its heap before the fork (spawner.HeapSharing): what was dropped
+    gc.collect()   # may sit in cycles that only a collection over everything frees
 
 
 def _env_containers(master: Any, spec: AppSpec, others: list[AppSpec]) -> list[Any]:

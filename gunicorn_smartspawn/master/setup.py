@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from gunicorn_smartspawn import _linux
 from gunicorn_smartspawn.worker import models
 
 
@@ -52,4 +53,21 @@ def setup_notes(app: Any, reloading: bool) -> list[str]:
                 "preloader process, not in the master"
             )
         cfg.set("preload_app", False)
+    if any(e.overrides.get("ksm", cfg.ksm) for e in apps.values()) or (not apps and cfg.ksm):
+        notes.extend(ksm_notes())
     return notes
+
+
+def ksm_notes(kernel: str = _linux.KSM_RUN) -> list[str]:
+    """What keeps ``ksm = True`` from merging anything on this machine (nothing: no note)."""
+    supported = _linux.memory_merge_supported()
+    if supported is not None:
+        return [f"ksm=True has no effect: {supported}"]
+    if _linux.ksm_running(kernel) is None:
+        return ["ksm=True has no effect: this kernel has no KSM (/sys/kernel/mm/ksm is missing)"]
+    if not _linux.ksm_running(kernel):
+        return [
+            "ksm=True marks the app's processes, but KSM is stopped (/sys/kernel/mm/ksm/run is not 1): "
+            "nothing is merged until root starts it with: echo 1 > /sys/kernel/mm/ksm/run"
+        ]
+    return []

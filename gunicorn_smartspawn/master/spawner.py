@@ -9,9 +9,10 @@ workers' heartbeat files, and the listeners of every other app.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gunicorn_smartspawn import _compat, _linux
 from gunicorn_smartspawn.config.apps import AppSpec
@@ -20,12 +21,42 @@ from gunicorn_smartspawn.master import spares
 from gunicorn_smartspawn.master.children import Child
 from gunicorn_smartspawn.master.isolation import leave_master
 from gunicorn_smartspawn.master.pool import AppPool
+from gunicorn_smartspawn.preloader.code import merge_memory
 from gunicorn_smartspawn.preloader.process import Launch, Preloader
 from gunicorn_smartspawn.wire import Channel, SpawnWorker
 from gunicorn_smartspawn.worker.runtime import SpawnContext, leave, run_worker_process
 
 if TYPE_CHECKING:
     from gunicorn_smartspawn.master.arbiter import SmartArbiter
+
+
+#: A fork this soon after the last full collection (another app's preloader at boot, the direct
+#: workers of one spawn burst) freezes without one, so that the children share the same pages.
+FULL_COLLECT_EVERY: Final = 60.0
+
+
+class HeapSharing:
+    """Before a fork: collect the master's garbage, then freeze the rest (``gc.freeze()``).
+
+    A full collection writes to the header of every object it examines, and each write copies a
+    page the master shares with its children. Frozen, the master's objects are examined neither
+    by its own later collections nor by the child's: the master's PSS with 8 smart workers went
+    from 20.5 to 14.7 MiB (docs/memory.md). Unfreezing first lets garbage frozen at an earlier
+    fork be collected; within FULL_COLLECT_EVERY of the last full collection only the young
+    generations are collected, since a full one would unshare the previous child's pages.
+    """
+
+    def __init__(self) -> None:
+        self.full_at: float | None = None
+
+    def before_fork(self, now: float) -> None:
+        if self.full_at is not None and now - self.full_at < FULL_COLLECT_EVERY:
+            gc.collect(1)
+        else:
+            gc.unfreeze()
+            gc.collect()
+            self.full_at = now
+        gc.freeze()
 
 
 class Spawner:
@@ -36,6 +67,7 @@ class Spawner:
         self.log = master.log
         self.children = master.children
         self.apps = master.apps
+        self.heap = HeapSharing()
 
     # -- what children must not keep ---------------------------------------------------
 
@@ -58,6 +90,7 @@ class Spawner:
         except OSError as exc:
             pool.start_failed("start a preloader", f"socketpair: {exc.strerror or exc}", now, generation)
             return None
+        self.heap.before_fork(now)
         try:
             pid = os.fork()
         except OSError as exc:
@@ -186,6 +219,7 @@ class Spawner:
         spec = self.apps.specs[pool.name]
         worker = self.new_worker(spec, forked=False)
         self.master.cfg.pre_fork(self.master, worker)
+        self.heap.before_fork(now)
         pid = os.fork()
         if pid != 0:
             worker.pid = pid
@@ -196,6 +230,8 @@ class Spawner:
         code = WORKER_BOOT_ERROR
         try:
             self._leave_master(spec, [])
+            if spec.cfg.ksm:
+                merge_memory(self.log, spec.name, "worker")
             worker.pid = os.getpid()
             worker.sockets = _compat.per_worker_listeners(spec.cfg, list(worker.sockets), self.log)
             spec.enter()

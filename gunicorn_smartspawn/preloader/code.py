@@ -2,7 +2,8 @@
 
 Pure functions of the running process (``sys.modules``, ``/proc/self``), used
 by :mod:`.process`: the code fingerprint a restarted preloader is compared
-by, the file lists ``--reload`` watches, and ``malloc_trim`` before forks.
+by, the file lists ``--reload`` watches, ``malloc_trim`` before forks, and the
+``ksm`` opt-in.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import sys
 import traceback
+from typing import Any
 
 from gunicorn_smartspawn import _linux
 
@@ -23,6 +25,15 @@ def release_free_heap() -> int:
     if not _linux.malloc_trim():
         return 0
     return max(0, before - _linux.resident_bytes())
+
+
+def merge_memory(log: Any, app: str, role: str) -> bool:
+    """``ksm``: mark this process's memory, and so its children's, as mergeable by KSM. Why it
+    cannot was said once by the master at start (master/setup.py); here only at debug level."""
+    problem = _linux.enable_memory_merge()
+    if problem is not None:
+        log.debug("app=%s %s pid=%d ksm=off reason=%r", app, role, os.getpid(), problem)
+    return problem is None
 
 
 def code_fingerprint(inherited: set[str] | frozenset[str] = frozenset()) -> str:

@@ -44,7 +44,13 @@ from gunicorn_smartspawn.errors import (
     ProtocolError,
 )
 from gunicorn_smartspawn.preloader import warmup
-from gunicorn_smartspawn.preloader.code import code_fingerprint, failure_files, module_files, release_free_heap
+from gunicorn_smartspawn.preloader.code import (
+    code_fingerprint,
+    failure_files,
+    merge_memory,
+    module_files,
+    release_free_heap,
+)
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.wire import (
     COMMANDS,
@@ -171,6 +177,8 @@ class Preloader:
             # header here and unshare the preloader's whole heap from its workers (+45 MiB measured).
             gc.freeze()
         trimmed = release_free_heap()  # (a few ms)
+        if self.cfg.ksm:  # now, not before the import: KSM has only settled pages to scan
+            merge_memory(self.log, self.app_name, "preloader")
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",

@@ -205,6 +205,17 @@ class Server:
         pids = wait_for(ready, timeout, what=f"{n} workers")
         return pids
 
+    def wait_registered(self, pids: Sequence[int], timeout: float = 20.0) -> None:
+        """Wait until the master counts ``pids`` as its workers (status): a worker runs, and shows
+        in ``ps``, a moment before its preloader's report of it reaches the master."""
+
+        def known() -> bool:
+            answer = self.control({"command": "status"})
+            listed = {w["pid"] for app in answer["result"]["apps"] for w in app["workers"]} if answer.get("ok") else set()
+            return set(pids) <= listed
+
+        wait_for(known, timeout, what=f"the master to register workers {sorted(pids)}")
+
     # -- requests -------------------------------------------------------------------------
 
     def request(self, path: str = "/", timeout: float = 5.0, method: str = "GET") -> Response:

@@ -179,6 +179,7 @@ def test_no_bind() -> None:
         ("preloader_idle_timeout", -1, "a whole number of seconds >= 0"),
         ("preloader_start_timeout", "soon", "a whole number of seconds >= 0"),
         ("gc_freeze", "maybe", "True or False"),
+        ("ksm", "maybe", "True or False"),
         ("env", {"A": 1}, "a dict whose values are strings"),
         ("env", {"A=B": "1"}, "a dict of environment variable names to strings"),
         ("user", "", "a user name or uid"),

@@ -14,6 +14,7 @@ import struct
 
 
 def _channel():
+    gc.unfreeze()  # the master froze its heap before forking the preloader: bring it back into view
     for obj in gc.get_objects():
         if isinstance(obj, socket.socket) and obj.fileno() >= 0 and obj.family == socket.AF_UNIX:
             try:

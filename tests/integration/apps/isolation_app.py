@@ -68,6 +68,7 @@ def live_objects() -> list[str]:
         return []
     head, tail = HEAD.decode(), TAIL.decode()
     found = []
+    gc.unfreeze()  # frozen objects (gc.freeze() in the master or the preloader) are live objects too
     for obj in gc.get_objects():
         try:
             referents = gc.get_referents(obj)
@@ -88,6 +89,7 @@ def config_apps() -> list[str]:
     module = sys.modules.get("__config__")
     if isinstance(getattr(module, "apps", None), dict):
         names.update(module.apps)
+    gc.unfreeze()
     for obj in gc.get_objects():
         if type(obj).__name__ == "AppTable":
             names.update(obj.specs)
