@@ -857,6 +857,7 @@ def _gc_findings(results):
                mib(warm["after"]["worker_private"]["median"]),
                mib(smart["after"]["worker_private"]["median"]),
                mib(warm["boot"]["total_pss"]), mib(smart["boot"]["total_pss"])))
+    out += _ksm_findings(results)
     if not out:
         out.append("Not measured in this run (the variants were not run).")
     out.append("")
@@ -867,6 +868,30 @@ def _gc_findings(results):
     sugg = _suggestions(results)
     if sugg:
         out += ["", "Suggestions for the plugin (not changed by this benchmark):", ""] + sugg
+    return out
+
+
+def _ksm_findings(results):
+    """The ksm variants against the same variants without it, or why they did not run."""
+    p = piece(results, "memory")
+    skipped = (p or {}).get("skipped_variants") or {}
+    if skipped:
+        return ["- **KSM** (`--ksm`) was not measured: %s." % "; ".join(sorted(set(skipped.values())))]
+    out = []
+    for with_ksm, without in (("smart-ksm", "smart"), ("smart-refork-ksm", "smart-refork")):
+        a, b = _mem_run(results, with_ksm), _mem_run(results, without)
+        if not (a and b):
+            continue
+        merged = a.get("ksm") or {}
+        out.append(
+            "- **KSM** (`%s` vs `%s`): after the requests it %s (%s vs %s; private per worker %s "
+            "vs %s); KSM's daemon, scanning fast, took %.0f s for %d full scans, after which %d page "
+            "mappings (%s, `pages_sharing`) pointed to %d merged pages (`pages_shared`)."
+            % (with_ksm, without, _effect(a["after"]["total_pss"], b["after"]["total_pss"]),
+               mib(a["after"]["total_pss"]), mib(b["after"]["total_pss"]),
+               mib(a["after"]["worker_private"]["median"]), mib(b["after"]["worker_private"]["median"]),
+               merged.get("seconds", 0), merged.get("scans", 0), merged.get("pages_sharing", 0),
+               mib(merged.get("pages_sharing", 0) * 4096), merged.get("pages_shared", 0)))
     return out
 
 
