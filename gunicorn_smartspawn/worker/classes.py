@@ -64,8 +64,9 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     #: of its listeners' descriptors, taken before the request model closes its own
     promote_fds: list[int] | None = None
     alive: bool  # gunicorn's: the request loop runs while True
-    #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`)
-    heartbeat: Heartbeat
+    #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`); not "heartbeat",
+    #: which tornado's worker names a method
+    smart_heartbeat: Heartbeat
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
         if models.base_of(cls) is None:  # no request model mixed in: the setting's
@@ -100,18 +101,18 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         # WorkerTmp.notify() writes a monotonic clock reading over the file's
         # creation time: any change from this mark is the first heartbeat.
         self.first_heartbeat_mark = self.tmp.last_update()
-        self.heartbeat = Heartbeat(window_for(self.cfg.timeout))
+        self.smart_heartbeat = Heartbeat(window_for(self.cfg.timeout))
 
     def use_heartbeat_fd(self, fd: int) -> None:
         """In a forked worker: heartbeat through the file the master made (passed over the channel)."""
         self.tmp.close()
         self.tmp = InheritedTmp(fd)
-        self.heartbeat.reset()
+        self.smart_heartbeat.reset()
 
     def notify(self) -> None:
         """gunicorn's heartbeat, which its request loops call on every turn: a write of the
         heartbeat file when the last one's window has run out (:mod:`.heartbeat`)."""
-        self.heartbeat.beat(self.tmp.fileno())
+        self.smart_heartbeat.beat(self.tmp.fileno())
 
     @classmethod
     def setup(cls) -> None:

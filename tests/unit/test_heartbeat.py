@@ -101,7 +101,7 @@ def worker() -> Iterator[Any]:
 @pytest.mark.parametrize("worker_class", [SyncWorker, ThreadedWorker])
 def test_a_workers_notify_is_a_first_heartbeat_then_quiet_within_the_window(worker: Any, worker_class: type) -> None:
     w = worker(worker_class, 30)
-    assert w.heartbeat.window == MAX_WINDOW and not w.has_heartbeat()
+    assert w.smart_heartbeat.window == MAX_WINDOW and not w.has_heartbeat()
     w.notify()
     assert w.has_heartbeat()
     first = w.tmp.last_update()
@@ -116,3 +116,36 @@ def test_a_worker_without_a_timeout_notifies_every_call(worker: Any) -> None:
     os.utime(w.tmp.fileno(), (1.0, 1.0))
     w.notify()
     assert w.tmp.last_update() != 1.0
+
+
+MODELS = [
+    "gunicorn.workers.sync.SyncWorker",
+    "gunicorn.workers.gthread.ThreadWorker",
+    "gunicorn.workers.gtornado.TornadoWorker",
+    "gunicorn.workers.ggevent.GeventWorker",
+    "gunicorn.workers.gasgi.ASGIWorker",
+    "uvicorn_worker.UvicornWorker",
+]
+
+
+@pytest.mark.parametrize("path", MODELS)
+def test_what_the_plugin_sets_on_a_worker_names_nothing_of_a_request_model(worker: Any, path: str) -> None:
+    """An attribute of the plugin's that a model also names would hide the model's (tornado's worker
+    has a ``heartbeat`` method, called every second)."""
+    import importlib
+
+    from gunicorn.workers.base import Worker as Abstract
+
+    module, _, name = path.rpartition(".")
+    try:
+        model = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"{path} is not installed")
+    cfg = Config()
+    bare = Abstract(1, os.getpid(), [], object(), 15.0, cfg, Logger(cfg))
+    try:
+        ours = set(vars(worker(SyncWorker, 30))) - set(vars(bare))
+    finally:
+        bare.tmp.close()
+    ours |= {n for n in vars(SyncWorker) if not n.startswith("__")} - {"accept"}
+    assert ours and not {n for n in ours if hasattr(model, n)}
