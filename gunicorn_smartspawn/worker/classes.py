@@ -33,7 +33,8 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import _compat, events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
-from gunicorn_smartspawn.worker import counting, models, parking
+from gunicorn_smartspawn.worker import accepting, counting, models, parking
+from gunicorn_smartspawn.worker.heartbeat import Heartbeat, window_for
 from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
 HOOK_HELP = (
@@ -63,6 +64,9 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     #: of its listeners' descriptors, taken before the request model closes its own
     promote_fds: list[int] | None = None
     alive: bool  # gunicorn's: the request loop runs while True
+    #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`); not "heartbeat",
+    #: which tornado's worker names a method
+    smart_heartbeat: Heartbeat
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: float, cfg: Any, log: Any) -> Any:
         if models.base_of(cls) is None:  # no request model mixed in: the setting's
@@ -97,11 +101,18 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         # WorkerTmp.notify() writes a monotonic clock reading over the file's
         # creation time: any change from this mark is the first heartbeat.
         self.first_heartbeat_mark = self.tmp.last_update()
+        self.smart_heartbeat = Heartbeat(window_for(self.cfg.timeout))
 
     def use_heartbeat_fd(self, fd: int) -> None:
         """In a forked worker: heartbeat through the file the master made (passed over the channel)."""
         self.tmp.close()
         self.tmp = InheritedTmp(fd)
+        self.smart_heartbeat.reset()
+
+    def notify(self) -> None:
+        """gunicorn's heartbeat, which its request loops call on every turn: a write of the
+        heartbeat file when the last one's window has run out (:mod:`.heartbeat`)."""
+        self.smart_heartbeat.beat(self.tmp.fileno())
 
     @classmethod
     def setup(cls) -> None:
@@ -197,6 +208,16 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
 
 class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
     """gunicorn's sync worker under smart spawning."""
+
+    _named_listeners: dict[Any, accepting.NamedListener] | None = None
+
+    def accept(self, listener: Any) -> None:
+        """gunicorn's ``SyncWorker.accept`` without its calls that change nothing (:mod:`.accepting`)."""
+        client, addr = listener.accept()
+        accepting.make_blocking(client)
+        if self._named_listeners is None:
+            self._named_listeners = {}
+        self.handle(accepting.named(self._named_listeners, listener), client, addr)
 
 
 class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]

@@ -59,3 +59,10 @@ def test_the_wrapper_cost_is_measured_against_the_bare_app() -> None:
     assert set(cost) == {"bare_us", "sync_us", "gthread_us"}
     assert cost["bare_us"] > 0
     assert all(abs(v) < 1000 for v in cost.values())
+
+
+def test_the_sync_loop_cost_compares_gunicorns_code_with_the_plugins() -> None:
+    cost = overhead.loop_cost(repeats=1, number=20)
+    assert set(cost) == {"stock_us", "plugin_us", "saved_us", "notify_stock_us", "notify_plugin_us"}
+    assert cost["stock_us"] > 0 and cost["plugin_us"] > 0 and cost["notify_stock_us"] > 0
+    assert cost["saved_us"] == cost["stock_us"] - cost["plugin_us"]

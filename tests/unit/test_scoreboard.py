@@ -204,6 +204,17 @@ def test_a_threaded_writer_takes_its_lock_around_each_update() -> None:
     assert board.read(0).requests == 1
 
 
+def test_a_threaded_writer_releases_its_lock_when_an_update_fails() -> None:
+    board = Scoreboard(slots=1)
+    writer = board.slot(0, threaded=True)
+    assert writer is not None and writer._lock is not None
+    board.close()  # the mapping is gone: every write raises
+    for update in (writer.begin, writer.end):
+        with pytest.raises((TypeError, ValueError)):  # what struct says of a closed mmap varies
+            update()
+        assert not writer._lock.locked()
+
+
 def test_a_sync_writer_has_no_lock() -> None:
     writer = Scoreboard(slots=1).slot(0, threaded=False)
     assert writer is not None and writer._lock is None
