@@ -3,12 +3,18 @@
 Life of a preloader (one per smart app and generation)::
 
     master --fork--> preloader: import app (gc disabled), preloader_warmup (warmup.py),
-                       gc.freeze() (gc.collect() first, unless workers wait), malloc_trim(),
-                       send PreloaderReady
+                       fork-safety inspection, gc.freeze() (gc.collect() first, unless
+                       workers wait), malloc_trim(), send PreloaderReady
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
+
+When workers wait for it (boot, a restart), the preloader forks them first:
+only what they act on is inspected before (``forksafety.inspect_before_fork``);
+the code fingerprint and the fork-safety report are left to a child, the
+inspector (inspector.py), and PreloaderReady, which carries the fingerprint,
+goes out after the first batch of forks, followed by their WorkerSpawned.
 
 The worker is born a child of the master, or re-parented to it (the master
 is a child subreaper), which reaps it like any worker. The preloader
@@ -46,6 +52,7 @@ from gunicorn_smartspawn.errors import (
 from gunicorn_smartspawn.preloader import warmup
 from gunicorn_smartspawn.preloader.code import code_fingerprint, failure_files, module_files, release_free_heap
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
+from gunicorn_smartspawn.preloader.inspector import HeldBack, Inspector
 from gunicorn_smartspawn.wire import (
     COMMANDS,
     Channel,
@@ -103,6 +110,8 @@ class Preloader:
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
         self.model: worker_models.Model | None = None
+        self.held: HeldBack | None = None
+        self.inspector: Inspector | None = None
 
     # -- process life -------------------------------------------------------------------
 
@@ -154,31 +163,57 @@ class Preloader:
             return False
         load_seconds = time.perf_counter() - started
         self._warm_up()
-        self.fork_findings = forksafety.inspect_preloader(
-            self.log,
-            self.app_name,
-            self.generation,
-            self.cfg,
+        # workers wait (boot, a restart): fork them first, and leave what only the log and the
+        # master need to the inspector; none waits (a reload's preloader): all of it now
+        waiting = bool(_select([self.channel], [], [], 0)[0])
+        self.fork_findings, report = forksafety.inspect_before_fork(
+            self.log, self.app_name, self.generation, self.cfg, defer=waiting,
             exclude_fds=[self.channel.fileno(), *(lnr.fileno() for lnr in self.listeners)],
         )
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
-            if not _select([self.channel], [], [], 0)[0]:
+            if not waiting:
                 gc.collect()  # no worker waits for this preloader (a reload's): collect first
-            # else workers wait (boot, a restart): fork at once; the import's garbage stays frozen and
-            # shared, as with --preload. Collecting after the first fork would touch every object's
-            # header here and unshare the preloader's whole heap from its workers (+45 MiB measured).
+            # else fork at once; the import's garbage stays frozen and shared, as with --preload.
+            # Collecting after the first fork would touch every object's header here and unshare
+            # the preloader's whole heap from its workers (+45 MiB measured).
             gc.freeze()
         trimmed = release_free_heap()  # (a few ms)
+        if waiting:
+            self.held = HeldBack(round(load_seconds, 6), inherited, report)
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared, trimmed / 1048576,
         )
-        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
-        self._send_watch(inherited)
+        if not waiting:
+            self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
+            self._send_watch(inherited)
         return True
+
+    def _start_inspector(self, held: HeldBack) -> None:
+        self.inspector = Inspector.start(f"inspector [{self.app_name}]", held.inherited, held.report, self.channel.close)
+        if self.inspector is None and held.report is not None:
+            self.log.warning(
+                "app=%s preloader gen=%d pid=%d fork safety: could not fork the inspector; the report is not logged "
+                "(workers still get fork_safety's handling)", self.app_name, self.generation, os.getpid(),
+            )
+
+    def _release(self) -> None:
+        """After the first batch of forks: PreloaderReady with the code fingerprint, then the
+        reports of those forks (the master reads them in this order)."""
+        held, self.held = self.held, None
+        assert held is not None
+        if self.inspector is None:
+            self._start_inspector(held)
+        code = self.inspector.fingerprint() if self.inspector is not None else None
+        if code is None:  # no inspector: here, at the cost of a few pages unshared
+            code = code_fingerprint(held.inherited)
+        self._send(PreloaderReady(pid=os.getpid(), load_seconds=held.load_seconds, code=code))
+        for message in held.reports:
+            self._send(message)
+        self._send_watch(held.inherited)
 
     def _send_watch(self, inherited: set[str], failure: BaseException | None = None) -> None:
         """--reload: the files the import read, for the master to watch (after a failed import,
@@ -234,7 +269,11 @@ class Preloader:
             # Native pools (OpenBLAS, for one) stop their threads in a
             # pthread_atfork handler: one throwaway fork runs those handlers,
             # and the pools start again only when next used, which a
-            # preloader never does.
+            # preloader never does. At boot, the inspector is that fork.
+            if self.held is not None and self.inspector is None:
+                self._start_inspector(self.held)
+                if self.inspector is not None:
+                    return self.forker.method()
             pid = _fork()
             if pid == 0:
                 os._exit(0)
@@ -243,9 +282,16 @@ class Preloader:
 
     def _serve(self) -> None:
         while True:
+            inspector = self.inspector if self.held is None else None  # (reaped once its fingerprint is read)
+            timeout = max(0.0, inspector.deadline - time.monotonic()) if inspector is not None else None
+            watched: list[Any] = [self.channel] if inspector is None else [self.channel, inspector]
             try:
-                _select([self.channel], [], [])
+                ready = _select(watched, [], [], timeout)[0]
             except InterruptedError:
+                continue
+            if inspector is not None and (inspector in ready or not ready) and inspector.poll():
+                self.inspector = None
+            if self.channel not in ready:
                 continue
             try:
                 messages = self.channel.receive()
@@ -260,6 +306,8 @@ class Preloader:
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
                     self._spawn(message, fds[0])
+            if self.held is not None:
+                self._release()
 
     def _send(self, message: Any) -> None:
         try:
@@ -276,16 +324,25 @@ class Preloader:
         try:
             pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
         except SpawnError as exc:
-            self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
+            self._report(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
             return
         finally:
             os.close(heartbeat_fd)
         fork_ms = (time.perf_counter() - started) * 1000.0
-        self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
+        self._report(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
+
+    def _report(self, message: Any) -> None:
+        if self.held is not None:
+            self.held.reports.append(message)  # after PreloaderReady
+        else:
+            self._send(message)
 
     def _worker(self, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.channel.close()  # a worker never holds a channel to its preloader
+        if self.inspector is not None:
+            self.inspector.close()  # nor its inspector's pipe
+        self.held = self.inspector = None
         for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
             _signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE
