@@ -32,8 +32,7 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from gunicorn import util
 
@@ -49,18 +48,6 @@ INSPECTOR_DEADLINE = 60.0
 _MAX_LINE = 256
 #: The kernel's calls, bound when the master imported this module (gevent: see process.py).
 _fork, _select = os.fork, select.select
-
-
-@dataclass
-class HeldBack:
-    """PreloaderReady, held back while the workers that wait at boot are forked (below)."""
-
-    load_seconds: float
-    inherited: set[str]
-    #: the fork-safety report still to log (inspect_before_fork), or None
-    report: Callable[[], None] | None
-    #: the WorkerSpawned and SpawnFailed of those forks, sent after PreloaderReady
-    reports: list[Any] = field(default_factory=list)
 
 
 class Inspector:
@@ -157,11 +144,11 @@ def _inspect(
         if os.getppid() != parent:
             os._exit(0)
         util._setproctitle(title)
+        os.nice(10)  # the workers forked meanwhile come first
         close()
         gc.disable()  # no collection here, so no finalizer of the app's objects runs in this process
         os.write(write_end, code_fingerprint(inherited).encode("ascii") + b"\n")
         if report is not None:
-            os.nice(10)  # the workers forked meanwhile come first
             gc.unfreeze()  # this process's copy only: the heap walk sees the frozen objects again
             report()
     except BaseException:

@@ -10,7 +10,7 @@ Life of a preloader (one per smart app and generation)::
                        send WorkerSpawned(age, pid, fork_ms)
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
 
-When workers wait for it (boot, a restart), the preloader forks them first:
+When workers wait for it (boot, a restart), the preloader forks them first (boot.py):
 only what they act on is inspected before (``forksafety.inspect_before_fork``);
 the code fingerprint and the fork-safety report are left to a child, the
 inspector (inspector.py), and PreloaderReady, which carries the fingerprint,
@@ -50,9 +50,10 @@ from gunicorn_smartspawn.errors import (
     ProtocolError,
 )
 from gunicorn_smartspawn.preloader import warmup
+from gunicorn_smartspawn.preloader.boot import HeldBack, head_start, heartbeat
 from gunicorn_smartspawn.preloader.code import code_fingerprint, failure_files, module_files, release_free_heap
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
-from gunicorn_smartspawn.preloader.inspector import HeldBack, Inspector
+from gunicorn_smartspawn.preloader.inspector import Inspector
 from gunicorn_smartspawn.wire import (
     COMMANDS,
     Channel,
@@ -303,9 +304,11 @@ class Preloader:
                 self.log.error("app=%s preloader pid=%d refuses a frame from the master: %s; exiting",
                                self.app_name, os.getpid(), exc)
                 leave(PRELOADER_PROTOCOL_ERROR)
+            first = self.held is not None and len(messages) > 1  # the boot's batch: the first gets a head start
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
-                    self._spawn(message, fds[0])
+                    self._spawn(message, fds[0], ahead=first and not message.spare)
+                    first = False
             if self.held is not None:
                 self._release()
 
@@ -317,18 +320,21 @@ class Preloader:
 
     # -- spawning -----------------------------------------------------------------------
 
-    def _spawn(self, request: SpawnWorker, heartbeat_fd: int) -> None:
+    def _spawn(self, request: SpawnWorker, heartbeat_fd: int, ahead: bool = False) -> None:
         if self.gc_freeze:
             gc.freeze()  # objects created since the last fork join the shared image
+        mark = heartbeat(heartbeat_fd) if ahead else None
         started = time.perf_counter()
         try:
             pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
         except SpawnError as exc:
             self._report(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
             return
+        else:
+            fork_ms = (time.perf_counter() - started) * 1000.0
+            head_start(heartbeat_fd, mark)  # (boot.py)
         finally:
             os.close(heartbeat_fd)
-        fork_ms = (time.perf_counter() - started) * 1000.0
         self._report(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
 
     def _report(self, message: Any) -> None:

@@ -217,3 +217,23 @@ def test_an_inspector_past_its_deadline_is_killed() -> None:
     started = time.monotonic()
     wait_reaped(inspector)
     assert time.monotonic() - started < 5 and gone(inspector.pid)
+
+
+# -- the head start of the boot's first worker ------------------------------------------------------------
+
+
+def test_the_head_start_ends_when_the_worker_beats_or_at_its_bound(tmp_path: Path) -> None:
+    from gunicorn_smartspawn.preloader import boot
+
+    with open(tmp_path / "heartbeat", "w+b", 0) as f:
+        mark = boot.heartbeat(f.fileno())
+        assert mark is not None
+        started = time.monotonic()
+        boot.head_start(f.fileno(), mark, seconds=0.2)  # no beat: the bound
+        assert 0.2 <= time.monotonic() - started < 2
+        beat = mark + 1.0
+        os.utime(f.fileno(), (beat, beat))  # what the worker's notify() does, entering its loop
+        started = time.monotonic()
+        boot.head_start(f.fileno(), mark, seconds=5)
+        boot.head_start(f.fileno(), None, seconds=5)  # nothing to watch (not the batch's first)
+        assert time.monotonic() - started < 1
