@@ -2,7 +2,8 @@
 
 ::
 
-    import done -> what workers act on (forksafety.inspect_before_fork), gc.freeze(), malloc_trim()
+    import done -> what workers act on (forksafety.inspect_before_fork), gc.freeze(), malloc_trim(),
+                   the inspector forked (inspector.py)
     first SpawnWorker of the batch -> clone; wait until that worker is in its request loop
                                       (its heartbeat file changed; at most HEAD_START seconds)
     the rest of the batch          -> clone each; their WorkerSpawned held back (HeldBack)

@@ -17,11 +17,14 @@ those objects sit on from its workers; done here, only the inspector's copies ar
 written, and they go with it. ``gc.get_objects()`` misses frozen objects, so the
 inspector unfreezes its own copy (a list splice, no object touched in the preloader).
 
-A preloader with native thread pools (OpenBLAS) makes one throwaway fork before its
-first clone(CLONE_PARENT) (process.py, ``_choose_fork``); the inspector is that fork.
-Otherwise it is forked after the boot's workers. The preloader waits for the
-fingerprint at most :data:`FINGERPRINT_DEADLINE` seconds (then computes it itself) and
-kills an inspector still running after :data:`INSPECTOR_DEADLINE` seconds.
+The inspector is forked right before the boot's first worker, so that the fingerprint
+is ready when the batch of forks is done (the master then learns of the workers about
+when they start to answer); a preloader with native thread pools (OpenBLAS) would
+make a throwaway fork there anyway (process.py, ``_choose_fork``), and the inspector's
+fork stops them the same way. The report runs at nice 10, after the fingerprint. The
+preloader waits for the fingerprint at most :data:`FINGERPRINT_DEADLINE` seconds (then
+computes it itself) and kills an inspector still running after
+:data:`INSPECTOR_DEADLINE` seconds.
 """
 
 from __future__ import annotations
@@ -144,11 +147,11 @@ def _inspect(
         if os.getppid() != parent:
             os._exit(0)
         util._setproctitle(title)
-        os.nice(10)  # the workers forked meanwhile come first
         close()
         gc.disable()  # no collection here, so no finalizer of the app's objects runs in this process
         os.write(write_end, code_fingerprint(inherited).encode("ascii") + b"\n")
         if report is not None:
+            os.nice(10)  # the workers forked meanwhile come first
             gc.unfreeze()  # this process's copy only: the heap walk sees the frozen objects again
             report()
     except BaseException:

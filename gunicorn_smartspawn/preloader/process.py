@@ -181,8 +181,9 @@ class Preloader:
             # the preloader's whole heap from its workers (+45 MiB measured).
             gc.freeze()
         trimmed = release_free_heap()  # (a few ms)
-        if waiting:
+        if waiting:  # the inspector, forked before the first worker, is also the throwaway fork (_choose_fork)
             self.held = HeldBack(round(load_seconds, 6), inherited, report)
+            self._start_inspector(self.held)
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
@@ -206,8 +207,6 @@ class Preloader:
         reports of those forks (the master reads them in this order)."""
         held, self.held = self.held, None
         assert held is not None
-        if self.inspector is None:
-            self._start_inspector(held)
         code = self.inspector.fingerprint() if self.inspector is not None else None
         if code is None:  # no inspector: here, at the cost of a few pages unshared
             code = code_fingerprint(held.inherited)
@@ -270,11 +269,7 @@ class Preloader:
             # Native pools (OpenBLAS, for one) stop their threads in a
             # pthread_atfork handler: one throwaway fork runs those handlers,
             # and the pools start again only when next used, which a
-            # preloader never does. At boot, the inspector is that fork.
-            if self.held is not None and self.inspector is None:
-                self._start_inspector(self.held)
-                if self.inspector is not None:
-                    return self.forker.method()
+            # preloader never does. At boot, the inspector was that fork.
             pid = _fork()
             if pid == 0:
                 os._exit(0)
