@@ -3,11 +3,10 @@
 ::
 
     import done -> what workers act on (forksafety.inspect_before_fork), gc.freeze(), malloc_trim(),
-                   the inspector forked (inspector.py)
+                   the inspector forked (inspector.py), PreloaderReady sent
     first SpawnWorker of the batch -> clone; wait until that worker is in its request loop
                                       (its heartbeat file changed; at most HEAD_START seconds)
-    the rest of the batch          -> clone each; their WorkerSpawned held back (HeldBack)
-    after the batch                -> PreloaderReady(code from the inspector), then the held reports
+    the rest of the batch          -> clone each
 
 The head start is gunicorn's own pacing: its arbiter sleeps up to 0.1 s
 between two spawns. On a machine with few cores the next clones (page
@@ -19,26 +18,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 #: Seconds the preloader lets the boot's first worker reach its request loop before it forks the next.
 HEAD_START = 0.1
 #: The kernel's sleep, bound when the master imported this module (gevent: see process.py).
 _sleep = time.sleep
-
-
-@dataclass
-class HeldBack:
-    """PreloaderReady, held back while the workers that wait at boot are forked."""
-
-    load_seconds: float
-    inherited: set[str]
-    #: the fork-safety report still to log (inspect_before_fork), or None
-    report: Callable[[], None] | None
-    #: the WorkerSpawned and SpawnFailed of those forks, sent after PreloaderReady
-    reports: list[Any] = field(default_factory=list)
 
 
 def heartbeat(fd: int) -> float | None:

@@ -1,30 +1,27 @@
-"""The inspector: a child of the preloader that works out, while the boot's workers are
-forked, what only the master and the log need.
+"""The inspector: a child of the preloader that logs the fork-safety report while the
+boot's workers are forked.
 
 ::
 
-    preloader   app imported; forksafety.inspect_before_fork(): what workers act on; gc.freeze()
-      --fork--> inspector   code fingerprint -> pipe; then, gc.unfreeze()d, the fork-safety
-                            report (a heap walk) -> the log; os._exit
-    preloader   forks the waiting workers and holds their WorkerSpawned; reads the fingerprint;
-                sends PreloaderReady(code), then the held reports (process.py);
+    preloader   app imported; forksafety.inspect_before_fork(): what workers act on;
+                gc.freeze(); malloc_trim()
+      --fork--> inspector   gc.unfreeze() (its own copy), the fork-safety report (a heap
+                            walk) -> the log, at nice 10; os._exit
+    preloader   sends PreloaderReady, forks the waiting workers (process.py, boot.py);
                 reaps the inspector once its pipe reaches EOF
 
-Why a child: the fingerprint reaches every module of the app and the report every
-object of the heap (``gc.get_objects()``), and each object reached has its reference
-count written. Done by the preloader once it has forked, that would unshare the pages
-those objects sit on from its workers; done here, only the inspector's copies are
-written, and they go with it. ``gc.get_objects()`` misses frozen objects, so the
-inspector unfreezes its own copy (a list splice, no object touched in the preloader).
+Why a child: the report reaches every object of the heap (``gc.get_objects()``), and
+each object reached has its reference count written. Done by the preloader once it
+has forked, that would unshare the pages those objects sit on from its workers; done
+here, only the inspector's copies are written, and they go with it. Done by the
+preloader before its first fork, it delayed the first worker by the walk (60-90 ms on
+the benchmark app). ``gc.get_objects()`` misses frozen objects, so the inspector
+unfreezes its own copy (a list splice, no object touched in the preloader).
 
-The inspector is forked right before the boot's first worker, so that the fingerprint
-is ready when the batch of forks is done (the master then learns of the workers about
-when they start to answer); a preloader with native thread pools (OpenBLAS) would
-make a throwaway fork there anyway (process.py, ``_choose_fork``), and the inspector's
-fork stops them the same way. The report runs at nice 10, after the fingerprint. The
-preloader waits for the fingerprint at most :data:`FINGERPRINT_DEADLINE` seconds (then
-computes it itself) and kills an inspector still running after
-:data:`INSPECTOR_DEADLINE` seconds.
+The inspector is forked right before the boot's first worker: a preloader with native
+thread pools (OpenBLAS) would make a throwaway fork there anyway (process.py,
+``_choose_fork``), and the inspector's fork stops them the same way. The preloader kills
+an inspector still running after :data:`INSPECTOR_DEADLINE` seconds.
 """
 
 from __future__ import annotations
@@ -40,15 +37,10 @@ from typing import NoReturn
 from gunicorn import util
 
 from gunicorn_smartspawn import _linux
-from gunicorn_smartspawn.preloader.code import code_fingerprint
 from gunicorn_smartspawn.preloader.fork import reap
 
-#: Seconds the preloader waits for the inspector's fingerprint before it computes one itself.
-FINGERPRINT_DEADLINE = 3.0
 #: Seconds after which an inspector still running is killed.
 INSPECTOR_DEADLINE = 60.0
-#: Bound on what the preloader reads from the pipe: one fingerprint line.
-_MAX_LINE = 256
 #: The kernel's calls, bound when the master imported this module (gevent: see process.py).
 _fork, _select = os.fork, select.select
 
@@ -59,15 +51,12 @@ class Inspector:
     def __init__(self, pid: int, read_end: int) -> None:
         self.pid = pid
         self._fd = read_end
-        self._data = b""
         self.deadline = time.monotonic() + INSPECTOR_DEADLINE
 
     @classmethod
-    def start(
-        cls, title: str, inherited: set[str], report: Callable[[], None] | None, close: Callable[[], None]
-    ) -> Inspector | None:
-        """Fork the inspector; None if that failed (the preloader then computes the fingerprint
-        itself, and the report is not logged). ``close`` drops, in the child, what it must not hold."""
+    def start(cls, title: str, report: Callable[[], None], close: Callable[[], None]) -> Inspector | None:
+        """Fork the inspector; None if that failed (the report is then not logged). ``close``
+        drops, in the child, what it must not hold."""
         try:
             read_end, write_end = os.pipe()
         except OSError:
@@ -81,22 +70,12 @@ class Inspector:
             return None
         if pid == 0:
             os.close(read_end)
-            _inspect(parent, title, write_end, inherited, report, close)
+            _inspect(parent, title, report, close)  # (the pipe's write end stays open until it leaves)
         os.close(write_end)
         return cls(pid, read_end)
 
     def fileno(self) -> int:
         return self._fd
-
-    def fingerprint(self, timeout: float = FINGERPRINT_DEADLINE) -> str | None:
-        """The code fingerprint the inspector wrote; None if none came within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._read(remaining) == b"":
-                return None
-        line = self._data.split(b"\n", 1)[0].decode("ascii", "replace")
-        return line if line.isalnum() else None
 
     def poll(self) -> bool:
         """Called when its pipe is readable, or at :attr:`deadline`: True once it is reaped."""
@@ -129,18 +108,11 @@ class Inspector:
             ready, _, _ = _select([self._fd], [], [], timeout)
         except InterruptedError:
             return None
-        if not ready:
-            return None
-        chunk = os.read(self._fd, _MAX_LINE)
-        self._data = (self._data + chunk)[:_MAX_LINE]
-        return chunk
+        return os.read(self._fd, 64) if ready else None
 
 
-def _inspect(
-    parent: int, title: str, write_end: int, inherited: set[str], report: Callable[[], None] | None,
-    close: Callable[[], None],
-) -> NoReturn:
-    """The inspector's life: the fingerprint first (the preloader waits for it), then the report."""
+def _inspect(parent: int, title: str, report: Callable[[], None], close: Callable[[], None]) -> NoReturn:
+    """The inspector's life; its pipe's write end closes when it leaves."""
     code = 0
     try:
         _linux.set_parent_death_signal(signal.SIGKILL)
@@ -148,12 +120,10 @@ def _inspect(
             os._exit(0)
         util._setproctitle(title)
         close()
+        os.nice(10)  # the workers forked meanwhile come first
         gc.disable()  # no collection here, so no finalizer of the app's objects runs in this process
-        os.write(write_end, code_fingerprint(inherited).encode("ascii") + b"\n")
-        if report is not None:
-            os.nice(10)  # the workers forked meanwhile come first
-            gc.unfreeze()  # this process's copy only: the heap walk sees the frozen objects again
-            report()
+        gc.unfreeze()  # this process's copy only: the heap walk sees the frozen objects again
+        report()
     except BaseException:
         code = 1
     finally:

@@ -10,11 +10,10 @@ Life of a preloader (one per smart app and generation)::
                        send WorkerSpawned(age, pid, fork_ms)
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
 
-When workers wait for it (boot, a restart), the preloader forks them first (boot.py):
-only what they act on is inspected before (``forksafety.inspect_before_fork``);
-the code fingerprint and the fork-safety report are left to a child, the
-inspector (inspector.py), and PreloaderReady, which carries the fingerprint,
-goes out after the first batch of forks, followed by their WorkerSpawned.
+When workers wait for it (boot, a restart), only what they act on is inspected
+before the first fork (``forksafety.inspect_before_fork``); the fork-safety
+report is left to a child, the inspector (inspector.py), and the batch's first
+worker gets a head start (boot.py).
 
 The worker is born a child of the master, or re-parented to it (the master
 is a child subreaper), which reaps it like any worker. The preloader
@@ -33,6 +32,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -50,7 +50,7 @@ from gunicorn_smartspawn.errors import (
     ProtocolError,
 )
 from gunicorn_smartspawn.preloader import warmup
-from gunicorn_smartspawn.preloader.boot import HeldBack, head_start, heartbeat
+from gunicorn_smartspawn.preloader.boot import head_start, heartbeat
 from gunicorn_smartspawn.preloader.code import code_fingerprint, failure_files, module_files, release_free_heap
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.preloader.inspector import Inspector
@@ -111,8 +111,8 @@ class Preloader:
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
         self.model: worker_models.Model | None = None
-        self.held: HeldBack | None = None
         self.inspector: Inspector | None = None
+        self.boot_batch = False  # the spawn requests waiting at the end of the import (boot.py)
 
     # -- process life -------------------------------------------------------------------
 
@@ -164,8 +164,8 @@ class Preloader:
             return False
         load_seconds = time.perf_counter() - started
         self._warm_up()
-        # workers wait (boot, a restart): fork them first, and leave what only the log and the
-        # master need to the inspector; none waits (a reload's preloader): all of it now
+        # workers wait (boot, a restart): fork them first, and leave the report to the inspector;
+        # none waits (a reload's preloader): all of it now
         waiting = bool(_select([self.channel], [], [], 0)[0])
         self.fork_findings, report = forksafety.inspect_before_fork(
             self.log, self.app_name, self.generation, self.cfg, defer=waiting,
@@ -181,39 +181,25 @@ class Preloader:
             # the preloader's whole heap from its workers (+45 MiB measured).
             gc.freeze()
         trimmed = release_free_heap()  # (a few ms)
-        if waiting:  # the inspector, forked before the first worker, is also the throwaway fork (_choose_fork)
-            self.held = HeldBack(round(load_seconds, 6), inherited, report)
-            self._start_inspector(self.held)
+        self.boot_batch = waiting
+        if report is not None:  # the inspector, forked before the first worker, is also the throwaway fork (_choose_fork)
+            self._start_inspector(report)
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
             self.app_name, self.generation, os.getpid(), load_seconds, how, prepared, trimmed / 1048576,
         )
-        if not waiting:
-            self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
-            self._send_watch(inherited)
+        self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
+        self._send_watch(inherited)
         return True
 
-    def _start_inspector(self, held: HeldBack) -> None:
-        self.inspector = Inspector.start(f"inspector [{self.app_name}]", held.inherited, held.report, self.channel.close)
-        if self.inspector is None and held.report is not None:
+    def _start_inspector(self, report: Callable[[], None]) -> None:
+        self.inspector = Inspector.start(f"inspector [{self.app_name}]", report, self.channel.close)
+        if self.inspector is None:
             self.log.warning(
                 "app=%s preloader gen=%d pid=%d fork safety: could not fork the inspector; the report is not logged "
                 "(workers still get fork_safety's handling)", self.app_name, self.generation, os.getpid(),
             )
-
-    def _release(self) -> None:
-        """After the first batch of forks: PreloaderReady with the code fingerprint, then the
-        reports of those forks (the master reads them in this order)."""
-        held, self.held = self.held, None
-        assert held is not None
-        code = self.inspector.fingerprint() if self.inspector is not None else None
-        if code is None:  # no inspector: here, at the cost of a few pages unshared
-            code = code_fingerprint(held.inherited)
-        self._send(PreloaderReady(pid=os.getpid(), load_seconds=held.load_seconds, code=code))
-        for message in held.reports:
-            self._send(message)
-        self._send_watch(held.inherited)
 
     def _send_watch(self, inherited: set[str], failure: BaseException | None = None) -> None:
         """--reload: the files the import read, for the master to watch (after a failed import,
@@ -278,7 +264,7 @@ class Preloader:
 
     def _serve(self) -> None:
         while True:
-            inspector = self.inspector if self.held is None else None  # (reaped once its fingerprint is read)
+            inspector = self.inspector
             timeout = max(0.0, inspector.deadline - time.monotonic()) if inspector is not None else None
             watched: list[Any] = [self.channel] if inspector is None else [self.channel, inspector]
             try:
@@ -299,13 +285,11 @@ class Preloader:
                 self.log.error("app=%s preloader pid=%d refuses a frame from the master: %s; exiting",
                                self.app_name, os.getpid(), exc)
                 leave(PRELOADER_PROTOCOL_ERROR)
-            first = self.held is not None and len(messages) > 1  # the boot's batch: the first gets a head start
+            first, self.boot_batch = self.boot_batch and len(messages) > 1, False  # the first gets a head start
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
                     self._spawn(message, fds[0], ahead=first and not message.spare)
                     first = False
-            if self.held is not None:
-                self._release()
 
     def _send(self, message: Any) -> None:
         try:
@@ -323,27 +307,21 @@ class Preloader:
         try:
             pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
         except SpawnError as exc:
-            self._report(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
+            self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
             return
         else:
             fork_ms = (time.perf_counter() - started) * 1000.0
             head_start(heartbeat_fd, mark)  # (boot.py)
         finally:
             os.close(heartbeat_fd)
-        self._report(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
-
-    def _report(self, message: Any) -> None:
-        if self.held is not None:
-            self.held.reports.append(message)  # after PreloaderReady
-        else:
-            self._send(message)
+        self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
 
     def _worker(self, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.channel.close()  # a worker never holds a channel to its preloader
         if self.inspector is not None:
             self.inspector.close()  # nor its inspector's pipe
-        self.held = self.inspector = None
+        self.inspector, self.boot_batch = None, False
         for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
             _signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE

@@ -192,6 +192,11 @@ class Server:
     def workers(self) -> list[int]:
         return self.by_title("worker")
 
+    def wait_registered(self, pids: Sequence[int], timeout: float = 10.0) -> None:
+        """Wait until the master has logged each of ``pids`` as forked by a preloader (it read that
+        preloader's PreloaderReady and WorkerSpawned): a worker may answer before that."""
+        wait_for(lambda: all(f" pid={pid} age=" in self.log() for pid in pids), timeout, what=f"the master to register {list(pids)}")
+
     def preloaders(self) -> list[int]:
         # the master's children only: a preloader's own children (the double fork's intermediate,
         # the boot's inspector) carry its title until they set their own

@@ -90,6 +90,7 @@ def test_trickled_frame_with_descriptors_leaves_the_masters_fd_table_alone(serve
     """The reported attack: announce a 900 KB frame, trickle its bytes with 16 descriptors each."""
     server = server_factory(*SMART, "-w", "2", "probe_app:app")
     workers = server.wait_workers(2)
+    server.wait_registered(workers)  # the master read the preloader's reports before the theft
     if server.arg("--control-socket"):  # gunicorn 27 opens its control server's fds in a thread
         server.wait_log("Control socket listening at")
     [preloader] = server.preloaders()
@@ -133,6 +134,7 @@ def test_trickled_frame_with_descriptors_leaves_the_masters_fd_table_alone(serve
 def test_frame_over_the_event_limit_is_refused_from_its_length(server_factory):
     server = server_factory(*SMART, "-w", "2", "probe_app:app")
     workers = server.wait_workers(2)
+    server.wait_registered(workers)  # the master read the preloader's reports before the theft
     [preloader] = server.preloaders()
     before = fd_count(server.pid)
     with steal_channel(preloader, server.pid) as sock:
@@ -153,6 +155,7 @@ def test_flood_of_preloader_failed_frames_costs_one_log_line(server_factory):
     fast as the master takes them. Before the bounds every frame was an ERROR line of 2000 characters."""
     server = server_factory(*SMART, "-w", "2", "probe_app:app")
     workers = server.wait_workers(2)
+    server.wait_registered(workers)  # the master read the preloader's reports before the theft
     [preloader] = server.preloaders()
     frame = preloader_failed_frame(4000, 0)  # small: many of them fit in what one receive() reads
     start = log_size(server)

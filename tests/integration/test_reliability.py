@@ -176,6 +176,7 @@ def test_reload_storm_under_load(server_factory):
 def test_hostile_frames_to_the_master(server_factory, garbage):
     server = server_factory(*SMART, "-w", "1", "probe_app:app")
     [worker] = server.wait_workers(1)
+    server.wait_registered([worker])  # the master read the preloader's reports before the theft
     [preloader] = server.preloaders()
     stolen = _preloader_channel(preloader, server.pid)
     os.write(stolen, garbage)
@@ -192,6 +193,7 @@ def test_hostile_frames_to_the_master(server_factory, garbage):
 def test_hostile_frames_to_the_preloader(server_factory):
     server = server_factory(*SMART, "-w", "1", "probe_app:app")
     [worker] = server.wait_workers(1)
+    server.wait_registered([worker])  # the master read the preloader's reports before the theft
     [preloader] = server.preloaders()
     master_end = _master_channel(preloader, server.pid)
     os.write(master_end, struct.pack("!I", 16) + b'{"type":"Hello"}')

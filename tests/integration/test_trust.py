@@ -37,6 +37,7 @@ def test_a_report_for_a_spawn_nobody_asked_for_is_ignored(server_factory):
     try:
         server = server_factory(*SMART, "-w", "1", "probe_app:app")
         [worker] = server.wait_workers(1)
+        server.wait_registered([worker])  # the master read the preloader's reports before the theft
         [preloader] = server.preloaders()
         stolen = _preloader_channel(preloader, server.pid)
         body = ('{"type":"WorkerSpawned","age":424242,"pid":%d,"fork_ms":1.0}' % victim.pid).encode()
