@@ -8,6 +8,9 @@ while it was imported, and none of its threads (Passenger's caveats #1 and
         inspect_preloader()   connected sockets (peer, owner), threads, and the
                               connections of known libraries -> Findings;
                               each finding logged once per preloader load
+        inspect_before_fork() the same when workers wait (boot): only what the
+                              workers act on is taken before the fork; the
+                              report (the heap walk) runs in a child after it
     worker: right after fork, before on_event("starting_worker_process")
         prepare_worker()      fork_safety_libraries: known libraries drop their
                                 inherited connections (the _RESETS table)
@@ -45,11 +48,14 @@ See docs/fork-safety.md for what each library gets and why.
 from __future__ import annotations
 
 from gunicorn_smartspawn.forksafety.detect import (
+    Survey,
     _is_log_sink,
     connected_sockets,
+    inspect_before_fork,
     inspect_preloader,
     native_threads,
     python_threads,
+    survey,
 )
 from gunicorn_smartspawn.forksafety.fencing import fence
 from gunicorn_smartspawn.forksafety.findings import (
@@ -80,6 +86,7 @@ __all__ = [
     "Findings",
     "LibraryConnection",
     "SocketFinding",
+    "Survey",
     "ThreadFinding",
     # private, used by the unit tests
     "_is_log_sink",
@@ -90,6 +97,7 @@ __all__ = [
     "fence",
     "find_libraries",
     "format_address",
+    "inspect_before_fork",
     "inspect_preloader",
     "native_threads",
     "parse_socket_link",
@@ -98,4 +106,5 @@ __all__ = [
     "qualified_name",
     "report",
     "socket_kind",
+    "survey",
 ]

@@ -2,6 +2,14 @@
 
 :func:`inspect_preloader` runs once the app is imported, before the first
 fork, and returns the :class:`~.findings.Findings` each worker acts on.
+
+When workers wait for the preloader (boot), :func:`inspect_before_fork`
+splits it: what the workers act on is taken before the first fork (cheap
+unless a known library is imported whose objects only a heap walk finds,
+or ``fork_safety='fence'`` meets a connected socket), and the full report,
+whose heap walk (``gc.get_objects()``, the owners of sockets) costs tens
+of milliseconds, is returned to be run later in a child of the preloader
+(preloader/inspector.py).
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import socket
 import sys
 import threading
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gunicorn_smartspawn.forksafety.fencing import _fd_of
@@ -267,36 +276,92 @@ def _is_log_sink(owner: str | None, sock_type: int) -> bool:
     return sock_type == socket.SOCK_DGRAM and owner is not None and owner.startswith(("logging.", "gunicorn."))
 
 
+@dataclass(frozen=True)
+class Survey:
+    """The cheap part of an inspection, read from ``/proc`` and ``threading``: what a fork would
+    change (a child has none of its parent's threads), so always taken in the preloader itself."""
+
+    sockets: tuple[SocketFinding, ...] = ()
+    threads: tuple[ThreadFinding, ...] = ()
+    natives: tuple[str, ...] = ()
+
+
+def survey(exclude_fds: Iterable[int] = ()) -> Survey:
+    """Connected sockets (but ``exclude_fds``), Python threads and other OS threads of this process."""
+    threads = python_threads()
+    return Survey(tuple(connected_sockets(exclude_fds)), tuple(threads), tuple(native_threads(t.native_id for t in threads)))
+
+
 def inspect_preloader(log: Any, app_name: str, generation: int, cfg: Any, exclude_fds: list[int]) -> Findings:
     """Called in the preloader once the app is imported, before the first fork.
 
     Finds what workers inherit and cannot use as is, logs it once (this runs
     once per preloader load), and returns it for :func:`prepare_worker`.
     Must run before the preloader's ``gc.freeze()``: frozen objects are not
-    in ``gc.get_objects()``. A failure here is logged and never stops the
-    app from loading.
+    in ``gc.get_objects()``; and before its first fork: the heap walk writes
+    every object's reference count, which after a fork would unshare the
+    preloader's pages from its workers. A failure here is logged and never
+    stops the app from loading.
+    """
+    findings, report = inspect_before_fork(log, app_name, generation, cfg, exclude_fds, defer=False)
+    assert report is None
+    return findings
+
+
+def inspect_before_fork(
+    log: Any, app_name: str, generation: int, cfg: Any, exclude_fds: list[int], defer: bool = True
+) -> tuple[Findings, Callable[[], None] | None]:
+    """The findings workers act on, taken now, and the report still to log (None: logged already).
+
+    With ``defer``, the heap walk is left to the report when the workers need
+    nothing from it: no known library whose objects only it finds
+    (SQLAlchemy, pymemcache, python-memcached, redis-py) is imported, and no
+    connected socket is to be fenced. What the workers act on is then the
+    same as a full inspection's (Django's connections come from its own
+    registry). The report walks the heap: run it in a child forked after
+    ``gc.freeze()`` with its own copy unfrozen (preloader/inspector.py).
     """
     mode = getattr(cfg, "fork_safety", "warn")
     libraries = bool(getattr(cfg, "fork_safety_libraries", True))
     if mode == "off" and not libraries:
-        return Findings()
+        return Findings(), None
     prefix = f"app={app_name} preloader gen={generation} pid={os.getpid()} fork safety: "
     try:
-        findings = _inspect(mode, exclude_fds)
+        found = survey(exclude_fds)
+        if defer and not (libraries and _wanted_types()) and not (mode == "fence" and found.sockets):
+            known = tuple(find_libraries({})) if libraries else ()
+            now = Findings(found.sockets, found.threads, found.natives, known)
+            return now, (lambda: _report_later(log, prefix, mode, libraries, found)) if mode != "off" else None
+        findings = _annotate(mode, found)
     except Exception as exc:
         log.error("%scould not inspect the preloader (%s: %s); workers get no fork-safety help", prefix, type(exc).__name__, exc)
-        return Findings()
+        return Findings(), None
+    _log(log, prefix, findings, mode, libraries)
+    return findings, None
+
+
+def _report_later(log: Any, prefix: str, mode: str, libraries: bool, found: Survey) -> None:
+    try:
+        findings = _annotate(mode, found)
+    except Exception as exc:
+        log.error("%scould not finish the report (%s: %s)", prefix, type(exc).__name__, exc)
+        return
+    _log(log, prefix, findings, mode, libraries)
+
+
+def _log(log: Any, prefix: str, findings: Findings, mode: str, libraries: bool) -> None:
     if mode != "off":
         for level, message in report(findings, mode=mode, libraries=libraries):
             (log.warning if level >= logging.WARNING else log.info)(prefix + message)
-    return findings
 
 
 def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
-    sockets = connected_sockets(exclude_fds)
-    threads = python_threads()
-    natives = native_threads(t.native_id for t in threads)
-    socket_objects, heap = _heap_pass({s.fd for s in sockets}, {**_wanted_types(), **_loop_types()})
+    return _annotate(mode, survey(exclude_fds))
+
+
+def _annotate(mode: str, found: Survey) -> Findings:
+    """The heap walk: known libraries' connections, event loops and (for the log) who holds each socket."""
+    socket_objects, heap = _heap_pass({s.fd for s in found.sockets}, {**_wanted_types(), **_loop_types()})
     loops = event_loops(heap.pop("event-loop", []))
     known = find_libraries(heap)
     library_of = {fd: lib for lib in known for fd, _ in lib.fds}
@@ -308,17 +373,17 @@ def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
         del unknown
     del socket_objects, heap
     annotated = []
-    for found in sockets:
-        owner = owners.get(found.fd)
+    for sock in found.sockets:
+        owner = owners.get(sock.fd)
         harmless = None
-        if _is_log_sink(owner, found.type):
+        if _is_log_sink(owner, sock.type):
             harmless = "a datagram log sink: each message is sent whole and nothing is read"
-        lib = library_of.get(found.fd)
+        lib = library_of.get(sock.fd)
         annotated.append(
             SocketFinding(
-                fd=found.fd, inode=found.inode, family=found.family, type=found.type,
-                local=found.local, peer=found.peer, owner=owner, harmless=harmless,
+                fd=sock.fd, inode=sock.inode, family=sock.family, type=sock.type,
+                local=sock.local, peer=sock.peer, owner=owner, harmless=harmless,
                 library=lib.library if lib else None, library_label=lib.label if lib else None,
             )
         )
-    return Findings(tuple(annotated), tuple(threads), tuple(natives), tuple(known), event_loops=tuple(loops))
+    return Findings(tuple(annotated), found.threads, found.natives, tuple(known), event_loops=tuple(loops))

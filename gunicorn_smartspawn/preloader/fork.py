@@ -84,7 +84,7 @@ class Forker:
             data = _read_pid(read_end, deadline)
         finally:
             os.close(read_end)
-        _reap(intermediate, deadline)
+        reap(intermediate, deadline)
         if len(data) != _PID.size:
             raise SpawnError(0, "the intermediate process did not report the worker's pid in time")
         (pid,) = _PID.unpack(data)
@@ -132,7 +132,7 @@ def _read_pid(fd: int, deadline: float) -> bytes:
     return data
 
 
-def _reap(pid: int, deadline: float) -> None:
+def reap(pid: int, deadline: float) -> None:
     """Wait for the intermediate until ``deadline``, then kill it; tolerate SIGCHLD set to SIG_IGN."""
     if not _wait_exit(pid, deadline):
         try:

@@ -3,12 +3,17 @@
 Life of a preloader (one per smart app and generation)::
 
     master --fork--> preloader: import app (gc disabled), preloader_warmup (warmup.py),
-                       gc.freeze() (gc.collect() first, unless workers wait), malloc_trim(),
-                       send PreloaderReady
+                       fork-safety inspection, gc.freeze() (gc.collect() first, unless
+                       workers wait), malloc_trim(), send PreloaderReady
                      loop: SpawnWorker(age) + heartbeat fd
                        gc.freeze(); create the worker as the master's child (fork.py)
                        send WorkerSpawned(age, pid, fork_ms)
                      EOF on the channel (master closed it, or is gone) -> _exit(0)
+
+When workers wait for it (boot, a restart), only what they act on is inspected
+before the first fork (``forksafety.inspect_before_fork``); the fork-safety
+report is left to a child, the inspector (inspector.py), and the batch's first
+worker gets a head start (boot.py).
 
 The worker is born a child of the master, or re-parented to it (the master
 is a child subreaper), which reaps it like any worker. The preloader
@@ -27,6 +32,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -44,6 +50,7 @@ from gunicorn_smartspawn.errors import (
     ProtocolError,
 )
 from gunicorn_smartspawn.preloader import warmup
+from gunicorn_smartspawn.preloader.boot import head_start, heartbeat
 from gunicorn_smartspawn.preloader.code import (
     code_fingerprint,
     failure_files,
@@ -52,6 +59,7 @@ from gunicorn_smartspawn.preloader.code import (
     release_free_heap,
 )
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
+from gunicorn_smartspawn.preloader.inspector import Inspector
 from gunicorn_smartspawn.wire import (
     COMMANDS,
     Channel,
@@ -109,6 +117,8 @@ class Preloader:
         self.fork_findings = forksafety.Findings()
         self.forker = Forker(use_clone=self.cfg.smart_fork == "auto")
         self.model: worker_models.Model | None = None
+        self.inspector: Inspector | None = None
+        self.boot_batch = False  # the spawn requests waiting at the end of the import (boot.py)
 
     # -- process life -------------------------------------------------------------------
 
@@ -160,25 +170,28 @@ class Preloader:
             return False
         load_seconds = time.perf_counter() - started
         self._warm_up()
-        self.fork_findings = forksafety.inspect_preloader(
-            self.log,
-            self.app_name,
-            self.generation,
-            self.cfg,
+        # workers wait (boot, a restart): fork them first, and leave the report to the inspector;
+        # none waits (a reload's preloader): all of it now
+        waiting = bool(_select([self.channel], [], [], 0)[0])
+        self.fork_findings, report = forksafety.inspect_before_fork(
+            self.log, self.app_name, self.generation, self.cfg, defer=waiting,
             exclude_fds=[self.channel.fileno(), *(lnr.fileno() for lnr in self.listeners)],
         )
         # an app that ignores SIGCHLD would make the kernel reap what the preloader waits for
         _signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.gc_freeze:
-            if not _select([self.channel], [], [], 0)[0]:
+            if not waiting:
                 gc.collect()  # no worker waits for this preloader (a reload's): collect first
-            # else workers wait (boot, a restart): fork at once; the import's garbage stays frozen and
-            # shared, as with --preload. Collecting after the first fork would touch every object's
-            # header here and unshare the preloader's whole heap from its workers (+45 MiB measured).
+            # else fork at once; the import's garbage stays frozen and shared, as with --preload.
+            # Collecting after the first fork would touch every object's header here and unshare
+            # the preloader's whole heap from its workers (+45 MiB measured).
             gc.freeze()
         trimmed = release_free_heap()  # (a few ms)
         if self.cfg.ksm:  # now, not before the import: KSM has only settled pages to scan
             merge_memory(self.log, self.app_name, "preloader")
+        self.boot_batch = waiting
+        if report is not None:  # the inspector, forked before the first worker, is also the throwaway fork (_choose_fork)
+            self._start_inspector(report)
         how = self._choose_fork()
         self.log.info(
             "app=%s preloader gen=%d pid=%d loaded in %.2fs, workers by %s%s, %.1f MiB of free heap released",
@@ -187,6 +200,14 @@ class Preloader:
         self._send(PreloaderReady(pid=os.getpid(), load_seconds=round(load_seconds, 6), code=code_fingerprint(inherited)))
         self._send_watch(inherited)
         return True
+
+    def _start_inspector(self, report: Callable[[], None]) -> None:
+        self.inspector = Inspector.start(f"inspector [{self.app_name}]", report, self.channel.close)
+        if self.inspector is None:
+            self.log.warning(
+                "app=%s preloader gen=%d pid=%d fork safety: could not fork the inspector; the report is not logged "
+                "(workers still get fork_safety's handling)", self.app_name, self.generation, os.getpid(),
+            )
 
     def _send_watch(self, inherited: set[str], failure: BaseException | None = None) -> None:
         """--reload: the files the import read, for the master to watch (after a failed import,
@@ -242,7 +263,7 @@ class Preloader:
             # Native pools (OpenBLAS, for one) stop their threads in a
             # pthread_atfork handler: one throwaway fork runs those handlers,
             # and the pools start again only when next used, which a
-            # preloader never does.
+            # preloader never does. At boot, the inspector was that fork.
             pid = _fork()
             if pid == 0:
                 os._exit(0)
@@ -251,9 +272,16 @@ class Preloader:
 
     def _serve(self) -> None:
         while True:
+            inspector = self.inspector
+            timeout = max(0.0, inspector.deadline - time.monotonic()) if inspector is not None else None
+            watched: list[Any] = [self.channel] if inspector is None else [self.channel, inspector]
             try:
-                _select([self.channel], [], [])
+                ready = _select(watched, [], [], timeout)[0]
             except InterruptedError:
+                continue
+            if inspector is not None and (inspector in ready or not ready) and inspector.poll():
+                self.inspector = None
+            if self.channel not in ready:
                 continue
             try:
                 messages = self.channel.receive()
@@ -265,9 +293,11 @@ class Preloader:
                 self.log.error("app=%s preloader pid=%d refuses a frame from the master: %s; exiting",
                                self.app_name, os.getpid(), exc)
                 leave(PRELOADER_PROTOCOL_ERROR)
+            first, self.boot_batch = self.boot_batch and len(messages) > 1, False  # the first gets a head start
             for message, fds in messages:
                 if isinstance(message, SpawnWorker):
-                    self._spawn(message, fds[0])
+                    self._spawn(message, fds[0], ahead=first and not message.spare)
+                    first = False
 
     def _send(self, message: Any) -> None:
         try:
@@ -277,23 +307,29 @@ class Preloader:
 
     # -- spawning -----------------------------------------------------------------------
 
-    def _spawn(self, request: SpawnWorker, heartbeat_fd: int) -> None:
+    def _spawn(self, request: SpawnWorker, heartbeat_fd: int, ahead: bool = False) -> None:
         if self.gc_freeze:
             gc.freeze()  # objects created since the last fork join the shared image
+        mark = heartbeat(heartbeat_fd) if ahead else None
         started = time.perf_counter()
         try:
             pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
         except SpawnError as exc:
             self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
             return
+        else:
+            fork_ms = (time.perf_counter() - started) * 1000.0
+            head_start(heartbeat_fd, mark)  # (boot.py)
         finally:
             os.close(heartbeat_fd)
-        fork_ms = (time.perf_counter() - started) * 1000.0
         self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
 
     def _worker(self, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.channel.close()  # a worker never holds a channel to its preloader
+        if self.inspector is not None:
+            self.inspector.close()  # nor its inspector's pipe
+        self.inspector, self.boot_batch = None, False
         for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
             _signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE

@@ -193,7 +193,9 @@ class Server:
         return self.by_title("worker")
 
     def preloaders(self) -> list[int]:
-        return self.by_title("preloader")
+        # the master's children only: a preloader's own children (the double fork's intermediate,
+        # the boot's inspector) carry its title until they set their own
+        return [p for p in self.by_title("preloader") if (read_stat(p) or ("", 0, 0))[1] == self.pid]
 
     def wait_workers(self, n: int, timeout: float = 20.0, exclude: Sequence[int] = ()) -> list[int]:
         """Wait until exactly ``n`` workers (not in ``exclude``) exist and all answer."""

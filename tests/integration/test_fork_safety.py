@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from harness import APPS, SMART, Server, free_port, wait_for
+from harness import APPS, SMART, Server, free_port, read_stat, wait_for
 
 
 # -- servers the tests talk to ------------------------------------------------------------
@@ -266,8 +266,10 @@ def test_fence_turns_the_shared_connection_into_one_error_per_worker(server_fact
 
 def test_warning_names_the_peer_and_the_thread_once_per_generation(server_factory, memcached):
     server, workers = start_memcache_app(server_factory, memcached, workers=3, FS_THREAD="1", FS_RECONNECT="1")
-    log = server.log()
     peer = f"-> 127.0.0.1:{memcached.port}"
+    # at boot the report follows the first forks (the preloader's inspector): wait for it
+    server.wait_log("thread 'fs-refresher'")
+    log = server.wait_log(peer)
     connection_lines = [line for line in log.splitlines() if "fork safety" in line and peer in line]
     assert len(connection_lines) == 1, log
     [line] = connection_lines
@@ -309,6 +311,38 @@ def test_django_and_sqlalchemy_connections_are_not_shared(server_factory, postgr
     assert "django connection 'default'" in log and "sqlalchemy engine postgresql+psycopg2://postgres@127.0.0.1" in log
 
 
+def test_boot_workers_forked_before_the_report_still_get_their_own_django_connection(server_factory, postgres_logs):
+    """At boot the preloader forks the waiting workers before its heap walk: what they act on
+    (Django's connection, from Django's own registry) is taken before the fork, and the report
+    follows, written by the preloader's inspector, a child that is reaped once done."""
+    port = postgres_logs.port
+    server = server_factory(*SMART, "-w", "3", "fs_django_app:app", env={"FS_PG_PORT": str(port)})
+    workers = server.wait_workers(3)
+    answers = answers_from_every_worker(server, workers)
+    at_import = next(iter(answers.values()))["import"]
+    used = [a["now"] for a in answers.values()]
+    assert at_import not in used and len(set(used)) == len(workers), answers  # one backend per worker
+    assert {at_import, *used} <= postgres_backends(port)  # no worker ended the preloader's session
+    [preloader] = server.preloaders()
+    log = server.wait_log("(held by django connection 'default'): each worker sets the connection aside")
+    [line] = [line for line in log.splitlines() if "django connection 'default'" in line]
+    assert f"app=fs_django_app preloader gen=1 pid={preloader} fork safety: workers inherit fd=" in line
+    match = re.match(r"\[[^]]+\] \[(\d+)\] \[INFO\] ", line)
+    assert match and int(match.group(1)) not in (preloader, server.pid, *workers), line  # the inspector wrote it
+    assert log.index("ready, loaded in") < log.index("forked in")  # PreloaderReady came first
+    wait_for(lambda: not _children_of(preloader), 10, what="the inspector to be reaped")
+
+
+def _children_of(pid: int) -> list[int]:
+    """Children of ``pid``, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        stat = read_stat(int(entry)) if entry.isdigit() else None
+        if stat is not None and stat[1] == pid:
+            found.append(int(entry))
+    return found
+
+
 def test_without_library_handling_workers_use_the_import_connections(server_factory, postgres_logs):
     """The control: the same app shares its connections when fork_safety_libraries is off."""
     server = server_factory(*SMART, "-w", "2", "--no-fork-safety-libraries", "fs_db_app:app",
@@ -317,7 +351,8 @@ def test_without_library_handling_workers_use_the_import_connections(server_fact
     answers = answers_from_every_worker(server, workers)
     for answer in answers.values():
         assert answer["now"] == answer["import"], answers
-    assert "[WARNING]" in server.log() and "turn fork_safety_libraries on" in server.log()
+    log = server.wait_log("turn fork_safety_libraries on")  # (reported after the boot's forks)
+    assert "[WARNING]" in log
 
 
 def test_memcached_and_redis_clients_reconnect_in_each_worker(server_factory, memcached, redis_server):
