@@ -355,10 +355,6 @@ def _log(log: Any, prefix: str, findings: Findings, mode: str, libraries: bool) 
             (log.warning if level >= logging.WARNING else log.info)(prefix + message)
 
 
-def _inspect(mode: str, exclude_fds: list[int]) -> Findings:
-    return _annotate(mode, survey(exclude_fds))
-
-
 def _annotate(mode: str, found: Survey) -> Findings:
     """The heap walk: known libraries' connections, event loops and (for the log) who holds each socket."""
     socket_objects, heap = _heap_pass({s.fd for s in found.sockets}, {**_wanted_types(), **_loop_types()})

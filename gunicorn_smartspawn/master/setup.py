@@ -63,9 +63,10 @@ def ksm_notes(kernel: str = _linux.KSM_RUN) -> list[str]:
     supported = _linux.memory_merge_supported()
     if supported is not None:
         return [f"ksm=True has no effect: {supported}"]
-    if _linux.ksm_running(kernel) is None:
+    running = _linux.ksm_running(kernel)
+    if running is None:
         return ["ksm=True has no effect: this kernel has no KSM (/sys/kernel/mm/ksm is missing)"]
-    if not _linux.ksm_running(kernel):
+    if not running:
         return [
             "ksm=True marks the app's processes, but KSM is stopped (/sys/kernel/mm/ksm/run is not 1): "
             "nothing is merged until root starts it with: echo 1 > /sys/kernel/mm/ksm/run"

@@ -313,16 +313,16 @@ class Preloader:
         mark = heartbeat(heartbeat_fd) if ahead else None
         started = time.perf_counter()
         try:
-            pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
-        except SpawnError as exc:
-            self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
-            return
-        else:
+            try:
+                pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
+            except SpawnError as exc:
+                self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
+                return
             fork_ms = (time.perf_counter() - started) * 1000.0
-            head_start(heartbeat_fd, mark)  # (boot.py)
+            self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
+            head_start(heartbeat_fd, mark)  # (boot.py) after the report: the master knows it before it serves
         finally:
             os.close(heartbeat_fd)
-        self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
 
     def _worker(self, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""

@@ -672,7 +672,7 @@ def test_an_event_loop_left_open_is_found_and_named() -> None:
         other = asyncio.new_event_loop()
         assert detect.event_loops([other])[0].endswith(" (not set as current)")
         other.close()
-        findings = detect._inspect("warn", [])
+        findings = detect._annotate("warn", detect.survey([]))
         assert any("the main thread's current loop" in d for d in findings.event_loops), findings.event_loops
         assert findings  # a loop alone is a finding
         lines = fs.report(fs.Findings(event_loops=(found[0],)), mode="warn", libraries=True)

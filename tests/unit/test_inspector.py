@@ -18,29 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from test_forksafety import RecordingLog  # the same stand-in for gunicorn's logger
 
 from gunicorn_smartspawn import forksafety as fs
 from gunicorn_smartspawn.forksafety import detect
 from gunicorn_smartspawn.preloader import inspector as insp
-
-
-class RecordingLog:
-    """Stands in for gunicorn's logger: keeps (level, message)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def _add(self, level: str, msg: str, *args: Any) -> None:
-        self.lines.append((level, msg % args if args else msg))
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._add("warning", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._add("info", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._add("error", msg, *args)
 
 
 def cfg(mode: str = "warn", libraries: bool = True) -> SimpleNamespace:
