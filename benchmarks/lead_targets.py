@@ -24,7 +24,7 @@ CPU_LIMIT = 1.00              # server CPU seconds per request / stock gunicorn'
 BOOT_FIRST_LIMIT = 1.00       # first worker answering / stock --preload
 BOOT_ALL_LIMIT = 1.05         # all workers answering / stock --preload
 
-SMART_SPAWN = ("smart-spare", "smart")
+SMART_SPAWN = ("smart-spare-warm", "smart-spare", "smart")
 SMART_MEMORY = ("smart-refork-ksm", "smart-ksm", "smart-refork", "smart-warm", "smart")
 
 

@@ -48,7 +48,8 @@ PIECES = ["spawn", "boot", "memory", "overhead", "surge", "surge-dynamic", "wake
 
 # Sizes of a full run and of a --quick smoke run.
 FULL = {
-    "spawn": {"variants": ["smart", "smart-spare", "direct", "stock", "stock-preload", "fork-floor",
+    "spawn": {"variants": ["smart", "smart-spare", "smart-spare-warm", "direct", "stock",
+                           "stock-preload", "fork-floor",
                            "uwsgi", "uwsgi-lazy"], "runs": 5, "warmup": 0, "breakdown": 3},
     "boot": {"variants": ["smart", "stock-preload", "direct", "stock", "uwsgi",
                           "uwsgi-lazy"], "runs": 5, "workers": 4},

@@ -10,6 +10,9 @@ machine noise hits all alike):
   smart          gunicorn -k smartspawn.Worker --spawn-method=smart  -w 1 ...
   smart-spare    smart with --spare-workers 1: the new worker is a spare,
                  forked and initialised ahead and parked; TTIN wakes it
+  smart-spare-warm  smart-spare with preloader_warmup (conf/smart_warm.py):
+                 the preloader and then the spare run the warm-up
+                 requests before the spare parks
   direct         gunicorn -k smartspawn.Worker --spawn-method=direct -w 1 ...
   stock          gunicorn -w 1 ...             (stock sync worker, lazy app)
   stock-preload  gunicorn --preload -w 1 ...   (app imported in the master)
@@ -100,6 +103,8 @@ RATIOS = [
     ("smart", "stock-preload"),
     ("smart", "fork-floor"),
     ("smart-spare", "fork-floor"),
+    ("smart-spare-warm", "fork-floor"),
+    ("stock-preload", "smart-spare-warm"),
     ("smart", "smart-spare"),
     ("uwsgi", "smart"),
 ]
@@ -166,7 +171,7 @@ def warm_request_ms(server, n=5):
     return statistics.median(times)
 
 
-BREAKDOWN_VARIANTS = ("smart", "smart-spare", "stock-preload")
+BREAKDOWN_VARIANTS = ("smart", "smart-spare", "smart-spare-warm", "stock-preload")
 BREAKDOWN_STEPS = (  # (label, from event, to event)
     ("request -> new worker runs (post_fork)", "t0", "post_fork"),
     ("gunicorn worker initialisation", "post_fork", "post_worker_init"),
@@ -192,6 +197,19 @@ def wait_spare_parked(server, timeout):
             raise SampleError("%s: no spare parked" % server.name, server.log())
 
 
+def _with_conf(args, conf, tmpdir):
+    """``args`` with gunicorn config ``conf`` added: gunicorn reads one ``-c``, so a variant
+    that has its own gets a file that runs both, its own first."""
+    if "-c" not in args:
+        return args + ("-c", conf)
+    i = args.index("-c")
+    both = os.path.join(tmpdir, "breakdown-%s.conf.py" % os.path.basename(args[i + 1])[:-3])
+    with open(both, "w") as f:
+        for path in (args[i + 1], conf):
+            f.write("exec(compile(open(%r).read(), %r, 'exec'))\n" % (path, path))
+    return args[:i] + ("-c", both) + args[i + 2:]
+
+
 def breakdown_sample(variant, opts, tmpdir):
     """A spawn sample with hooks that log when the new worker reaches
     post_fork, post_worker_init and its first pre/post_request; returns the
@@ -199,7 +217,7 @@ def breakdown_sample(variant, opts, tmpdir):
     base = harness.VARIANTS[variant]
     conf = os.path.join(harness.CONF_DIR, "spawn_breakdown.py")
     hooked = dataclasses.replace(base, name=variant + "+hooks",
-                                 args=base.args + ("-c", conf))
+                                 args=_with_conf(base.args, conf, tmpdir))
     server = harness.Server(hooked, opts.app, workers=1, tmpdir=tmpdir, spawnable=True,
                             isolate_stock=opts.isolate_stock)
     log_path = os.path.join(tmpdir, "breakdown-%d.log" % server.port)

@@ -37,7 +37,9 @@ class PreloaderWarmup(Explicit, Setting):  # type: ignore[misc]
         2xx/3xx or an exception is logged as a warning and the warm-up goes
         on; the app still starts. WSGI and ASGI apps; Django's database
         connections are closed before the first fork, other inherited
-        connections are handled by fork_safety. Passenger has no
+        connections are handled by fork_safety. A spare (spare_workers)
+        runs the same requests once more before it parks, uncounted, so that
+        its first request once released is a warm one. Passenger has no
         counterpart (an app warms itself up in its own startup code).
         """
 

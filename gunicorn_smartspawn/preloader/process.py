@@ -49,7 +49,6 @@ from gunicorn_smartspawn.errors import (
     WORKER_REPARENT_TIMEOUT,
     ProtocolError,
 )
-from gunicorn_smartspawn.preloader import warmup
 from gunicorn_smartspawn.preloader.boot import head_start, heartbeat
 from gunicorn_smartspawn.preloader.code import (
     code_fingerprint,
@@ -72,6 +71,7 @@ from gunicorn_smartspawn.wire import (
     watch_frames,
 )
 from gunicorn_smartspawn.worker import models as worker_models
+from gunicorn_smartspawn.worker import warmup
 from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
 
 #: The preloader's own system calls, bound when the master imported this module: a request

@@ -63,6 +63,9 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     #: set when the master asked this worker to become its app's next preloader (refork): copies
     #: of its listeners' descriptors, taken before the request model closes its own
     promote_fds: list[int] | None = None
+    #: the loaded application before the scoreboard's count wraps it: a spare's warm-up runs
+    #: through it (:mod:`.parking`), so that warm-up requests are never counted as served
+    plain_app: Any = None
     alive: bool  # gunicorn's: the request loop runs while True
     #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`); not "heartbeat",
     #: which tornado's worker names a method
@@ -187,6 +190,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
         if self.model is not None:
             words = models.setting_words(models.table_name(self.app))
             models.check_pairing(self.model, app, models.app_uri(self.app), words)
+        self.plain_app = app
         tally = counting.Tally(self._score, self.notify)
         setattr(self, attr, counting.counted(app, models.interface_of(app), tally))
         if not self.forked:
@@ -194,8 +198,10 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             events.fire(events.STARTING_WORKER_PROCESS, False)
 
     def run(self) -> None:
-        if self.spare and not parking.park(self):
-            return  # discarded while parked, or the master is gone
+        if self.spare:
+            parking.warm_up(self)
+            if not parking.park(self):
+                return  # discarded while parked, or the master is gone
         try:
             super().run()
         finally:

@@ -1,7 +1,11 @@
 """A spare worker's park (``spare_workers``): initialised, waiting before its request loop.
 
 The worker has run everything gunicorn runs before the loop (``post_fork``,
-``starting_worker_process``, ``post_worker_init``). It blocks SIGCONT,
+``starting_worker_process``, ``post_worker_init``). It first runs the
+``preloader_warmup`` requests through its app (:func:`warm_up`), so that the
+first request it serves once released is as fast as a warm worker's: what a
+new process does on its first requests (copy-on-write faults on the pages a
+request writes, per-process caches) is done while nobody waits. It blocks SIGCONT,
 touches its heartbeat file once (the master's only sign that it is parked;
 it holds no channel to the master or its preloader, and nothing it could
 send), then waits for SIGCONT, which the master sends only to a spare it
@@ -21,10 +25,29 @@ from typing import Any
 
 from gunicorn import util
 
+from gunicorn_smartspawn.worker import models, warmup
+
 #: The master's wake-up: harmless (its default action is to continue) to any other process.
 WAKE = signal.SIGCONT
 #: How often a parked spare looks at its parent and at gunicorn's ``alive`` flag.
 CHECK_SECONDS = 0.25
+
+
+def warm_up(worker: Any) -> warmup.Summary | None:
+    """The app's ``preloader_warmup`` requests, once more, in this spare; None when there are none.
+
+    They run through the app as loaded, before the scoreboard's count wraps it: a
+    warm-up is not a request served. Failures are logged and never fatal, and
+    ``preloader_warmup_timeout`` bounds the whole, as in the preloader."""
+    requests = list(getattr(worker.cfg, "preloader_warmup", None) or [])
+    app = getattr(worker, "plain_app", None)
+    if not requests or app is None:
+        return None
+    kind = worker.model.interface if worker.model is not None else None
+    if kind not in ("wsgi", "asgi"):
+        kind = models.interface_of(app)
+    timeout = int(getattr(worker.cfg, "preloader_warmup_timeout", 30) or 0)
+    return warmup.run(app, kind, requests, timeout, worker.log, f"app={worker.app_name} spare pid={os.getpid()}")
 
 
 def park(worker: Any) -> bool:

@@ -153,3 +153,30 @@ def test_a_stock_run_ignores_the_setting(server_factory: Any, tmp_path: Path) ->
     assert wait_for(lambda: get_json(server.port, timeout=2), 20, what="stock gunicorn")["warmed"] == []
     assert not log.exists()
     assert SMARTSPAWN[1] not in server.args
+
+
+def test_a_spare_runs_the_warm_up_again_before_it_parks_uncounted(server_factory: Any, tmp_path: Path) -> None:
+    server, log = start(server_factory, tmp_path, "--preloader-warmup", "/a,/missing", "--spare-workers", "1")
+    server.wait_workers(2)
+    spare = wait_for(lambda: (server.app_pids("spare", "warmup_app") or [None])[0], 20, what="a spare")
+    server.wait_log(f"spare pid={spare} gen=1 parked")
+    [preloader] = server.preloaders()
+    lines = warm_lines(log)
+    assert [(line["pid"], line["path"]) for line in lines] == [
+        (preloader, "/a"), (preloader, "/missing"), (spare, "/a"), (spare, "/missing"),
+    ]  # the workers forked before it ran none; the spare ran the list once more, before parking
+    text = server.log()
+    assert text.index(f"app=warmup_app spare pid={spare} warm-up: 2 requests in ") < text.index(f"spare pid={spare} gen=1 parked")
+    assert f"app=warmup_app spare pid={spare} warm-up request='GET /missing' answered status=404" in text
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: spare in server.workers(), 10, what="the spare to become a worker")
+    answers = wait_for(lambda: [a for a in (get_json(server.port) for _ in range(8)) if a["pid"] == spare] or None,
+                       15, what="answers from the released spare")
+    assert answers[0]["warmed"] == ["/a", "/missing", "/a", "/missing"]  # the preloader's, then its own
+
+    def served() -> int | None:
+        workers_now = server.control({"command": "status"})["result"]["apps"][0]["workers"]
+        return next((w["requests"] for w in workers_now if w["pid"] == spare), None)
+
+    # exactly what it served over HTTP: the warm-up's two requests are not counted
+    wait_for(lambda: served() == len(answers), 10, what=f"the spare's count to reach {len(answers)}")

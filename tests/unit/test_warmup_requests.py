@@ -1,11 +1,11 @@
-"""preloader/warmup.py in-process: the environ and scope it builds, failures logged, the time bound."""
+"""worker/warmup.py in-process: the environ and scope it builds, failures logged, the time bound."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from gunicorn_smartspawn.preloader import warmup
+from gunicorn_smartspawn.worker import warmup
 
 
 class Log:
@@ -127,3 +127,35 @@ def test_the_alarm_handler_is_restored() -> None:
         assert signal.getsignal(signal.SIGALRM) is mine and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+class _Cfg:
+    def __init__(self, requests: list[str] | None) -> None:
+        self.preloader_warmup = requests
+        self.preloader_warmup_timeout = 5
+
+
+class _Spare:
+    """What parking.warm_up reads of a worker: its settings, model, log, name and plain app."""
+
+    def __init__(self, requests: list[str] | None, app: Any) -> None:
+        self.cfg, self.model, self.log, self.app_name, self.plain_app = _Cfg(requests), None, Log(), "shop", app
+
+
+def test_a_spare_warms_its_plain_app_with_the_preloaders_list() -> None:
+    from gunicorn_smartspawn.worker import parking
+
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    spare = _Spare(["GET /a", "POST /b"], app)  # as validated: "METHOD target"
+    summary = parking.warm_up(spare)
+    assert summary is not None and (summary.done, summary.failed) == (2, [])
+    assert seen == ["/a", "/b"]
+    assert "app=shop spare pid=" in spare.log.text("info") and "warm-up: 2 requests" in spare.log.text("info")
+    assert parking.warm_up(_Spare(None, app)) is None and parking.warm_up(_Spare(["GET /a"], None)) is None
+    assert seen == ["/a", "/b"]  # nothing to run, or no app loaded: nothing ran

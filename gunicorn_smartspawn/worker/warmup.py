@@ -1,4 +1,7 @@
-"""The preloader's warm-up: a few requests through the loaded app, in-process, before the first fork.
+"""``preloader_warmup``: a few requests through the loaded app, in-process, before the first fork.
+
+The preloader runs them before its first fork; a spare runs them again before it
+parks (:mod:`.parking`), so that its first request once released is not a cold one.
 
 What an app builds lazily on its first requests (Django's URL resolver and
 template caches, ORM query compilation, an index built on first use) is built
