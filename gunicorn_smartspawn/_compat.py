@@ -98,3 +98,12 @@ def is_reload_pattern(entry: str) -> bool:
 
     probe = getattr(util, "is_glob_pattern", None)
     return bool(probe(entry)) if probe is not None else False
+
+
+def request_parser(cfg: Any, source: Any, addr: Any) -> Any:
+    """The parser gunicorn's request loops use for ``source``: ``http.get_parser`` (27, which also
+    picks the uwsgi protocol's), else ``http.RequestParser`` (23)."""
+    from gunicorn import http
+
+    get_parser = getattr(http, "get_parser", None)
+    return get_parser(cfg, source, addr) if get_parser is not None else http.RequestParser(cfg, source, addr)

@@ -200,6 +200,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     def run(self) -> None:
         if self.spare:
             parking.warm_up(self)
+            parking.warm_request_path(self)
             if not parking.park(self):
                 return  # discarded while parked, or the master is gone
         try:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from typing import Any
 
 from gunicorn import util
 
+from gunicorn_smartspawn import _compat
 from gunicorn_smartspawn.worker import models, warmup
 
 #: The master's wake-up: harmless (its default action is to continue) to any other process.
@@ -48,6 +50,39 @@ def warm_up(worker: Any) -> warmup.Summary | None:
         kind = models.interface_of(app)
     timeout = int(getattr(worker.cfg, "preloader_warmup_timeout", 30) or 0)
     return warmup.run(app, kind, requests, timeout, worker.log, f"app={worker.app_name} spare pid={os.getpid()}")
+
+
+def warm_request_path(worker: Any) -> bool:
+    """One synthetic request through gunicorn's own request path, without the app: parsed from
+    a socket pair by gunicorn's parser, its WSGI environ built, an empty response written back.
+
+    A released spare's first request then finds that code's pages already its own (the
+    copy-on-write faults are taken now); no hook, access log line or count. Only for a WSGI
+    request model (the ASGI ones parse with their own server). False if anything failed:
+    nothing depends on it."""
+    if worker.model is not None and worker.model.interface != "wsgi":
+        return False
+    from gunicorn.http import wsgi
+
+    client, server = socket.socketpair()
+    try:
+        client.sendall(b"GET /smartspawn-spare-warm-up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        addr = ("127.0.0.1", 0)
+        request = next(_compat.request_parser(worker.cfg, server, addr))
+        response, _environ = wsgi.create(request, server, addr, addr, worker.cfg)
+        response.start_response("204 No Content", [])
+        response.write(b"")
+        response.close()
+        server.shutdown(socket.SHUT_WR)
+        while client.recv(65536):
+            pass
+        return True
+    except Exception as exc:  # gunicorn's internals of another version: the spare serves anyway
+        worker.log.debug("app=%s spare pid=%d request path warm-up skipped: %r", worker.app_name, os.getpid(), exc)
+        return False
+    finally:
+        client.close()
+        server.close()
 
 
 def park(worker: Any) -> bool:

@@ -159,3 +159,21 @@ def test_a_spare_warms_its_plain_app_with_the_preloaders_list() -> None:
     assert "app=shop spare pid=" in spare.log.text("info") and "warm-up: 2 requests" in spare.log.text("info")
     assert parking.warm_up(_Spare(None, app)) is None and parking.warm_up(_Spare(["GET /a"], None)) is None
     assert seen == ["/a", "/b"]  # nothing to run, or no app loaded: nothing ran
+
+
+def test_a_spare_runs_one_request_through_gunicorns_own_path_without_the_app() -> None:
+    from gunicorn.config import Config
+
+    from gunicorn_smartspawn.worker import models, parking
+
+    called: list[Any] = []
+    spare = _Spare(None, lambda *a: called.append(a))
+    spare.cfg = Config()
+    assert parking.warm_request_path(spare) is True  # parsed, environ built, response written and read
+    assert called == []  # the app is not called, no hook runs
+    spare.model = models.Model("asgi", object, "asgi", "async")
+    assert parking.warm_request_path(spare) is False  # an ASGI model parses with its own server
+    spare.model, spare.cfg = None, object()  # not a gunicorn Config: skipped with a debug line, never raised
+    spare.log.debug = lambda msg, *args: spare.log.lines.append(("debug", msg % args))  # type: ignore[method-assign]
+    assert parking.warm_request_path(spare) is False
+    assert "request path warm-up skipped" in spare.log.text("debug")
