@@ -353,3 +353,23 @@ def test_a_plugin_setting_on_a_stock_run_is_pointed_out(server_factory, tmp_path
     stock.wait_serving()
     assert "gunicorn-smartspawn" not in stock.log()
 
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_spare_of_each_model_warms_up_parks_and_serves_once_released(server_factory, model):
+    case = MODELS[model]
+    require_case(case)
+    server = start(server_factory, case, "smart", "-w", "1", "--spare-workers", "1", "--preloader-warmup", "/")
+    [worker] = server.wait_workers(1)
+    name = case.app.split(":")[0]
+    spare = wait_for(lambda: (server.app_pids("spare", name) or [None])[0], 20, what="a spare")
+    server.wait_log(f"spare pid={spare} gen=1 parked")
+    text = server.log()
+    if case.app == "model_tornado:app":  # the warm-up runs WSGI and ASGI apps only, and says so
+        assert f"app={name} spare pid={spare} preloader_warmup skipped" in text
+    else:
+        assert f"app={name} spare pid={spare} warm-up: 1 requests in " in text and ", 0 failed" in text
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: spare in server.workers(), timeout=10, what="the spare to become a worker")
+    made = answer_from_each(server, {worker, spare})
+    wait_counted(server, {worker, spare}, made)  # the spare's warm-up requests are not counted
