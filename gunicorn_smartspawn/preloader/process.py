@@ -71,6 +71,7 @@ from gunicorn_smartspawn.wire import (
     watch_frames,
 )
 from gunicorn_smartspawn.worker import models as worker_models
+from gunicorn_smartspawn.worker import servers as worker_servers
 from gunicorn_smartspawn.worker import warmup
 from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
 
@@ -230,6 +231,7 @@ class Preloader:
             loaded = self.app.wsgi()
             worker_models.check_pairing(self.model, loaded, worker_models.app_uri(self.app), worker_models.setting_words(where))
             events.fire(events.PRELOADER_LOADED)
+            done = ", ".join(filter(None, [done, worker_servers.prepare(self.model.base, self.cfg)]))
         except BaseException as exc:  # SystemExit from an app's import is a failure too
             known = isinstance(exc, (worker_models.ModelError, worker_models.PairingError))  # one line says it all
             tb = "" if known else traceback.format_exc()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -365,6 +366,9 @@ def test_a_spare_of_each_model_warms_up_parks_and_serves_once_released(server_fa
     spare = wait_for(lambda: (server.app_pids("spare", name) or [None])[0], 20, what="a spare")
     server.wait_log(f"spare pid={spare} gen=1 parked")
     text = server.log()
+    prepared = {"uvicorn": "uvicorn's protocol modules imported", "asgi": "gunicorn's ASGI lifespan imported"}
+    if model in prepared:  # imported once in the preloader, not in every worker as it starts (worker/servers.py)
+        assert re.search(rf"preloader gen=1 pid=\d+ loaded in .*, {prepared[model]}", text)
     if case.app == "model_tornado:app":  # the warm-up runs WSGI and ASGI apps only, and says so
         assert f"app={name} spare pid={spare} preloader_warmup skipped" in text
     else:
