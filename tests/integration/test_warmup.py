@@ -9,6 +9,7 @@ them itself, so it inherited the preloader's memory after the warm-up.
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,9 @@ def test_each_app_of_a_multi_app_master_has_its_own_warm_up(server_factory: Any,
     ports = {"shop": free_port(), "blog": free_port()}
     apps = {
         "shop": {"app": "warmup_app:application", "bind": f"127.0.0.1:{ports['shop']}", "workers": 1,
-                 "preloader_warmup": ["/shop-page"]},
-        "blog": {"app": "warmup_app:application", "bind": f"127.0.0.1:{ports['blog']}", "workers": 1},
+                 "preloader_warmup": ["/shop-page"], "spare_workers": 1},
+        "blog": {"app": "warmup_app:application", "bind": f"127.0.0.1:{ports['blog']}", "workers": 1,
+                 "spare_workers": 1},
     }
     conf = tmp_path / "multi.conf.py"
     conf.write_text(f"worker_class = 'smartspawn.Worker'\npreloader_warmup = ['/global']\napps = {apps!r}\n")
@@ -93,8 +95,14 @@ def test_each_app_of_a_multi_app_master_has_its_own_warm_up(server_factory: Any,
     shop = wait_for(lambda: get_json(ports["shop"], timeout=2), 30, what="shop")
     blog = wait_for(lambda: get_json(ports["blog"], timeout=2), 30, what="blog")
     assert shop["warmed"] == ["/shop-page"] and blog["warmed"] == ["/global"]  # per app, else the global list
+    spares = {app: wait_for(lambda app=app: server.app_pids("spare", app), 20, what=f"{app}'s spare")[0] for app in ports}
+    for pid in spares.values():
+        server.wait_log(f"spare pid={pid} gen=1 parked")
     by_pid = {line["pid"]: line["path"] for line in warm_lines(log)}
-    assert by_pid == {server.app_pids("preloader", "shop")[0]: "/shop-page", server.app_pids("preloader", "blog")[0]: "/global"}
+    assert by_pid == {  # each app's spare warms up with its own app's list, as its preloader did
+        server.app_pids("preloader", "shop")[0]: "/shop-page", spares["shop"]: "/shop-page",
+        server.app_pids("preloader", "blog")[0]: "/global", spares["blog"]: "/global",
+    }
 
 
 def test_an_asgi_app_is_warmed_up_on_a_loop_of_its_own(server_factory: Any, tmp_path: Path) -> None:
@@ -180,3 +188,8 @@ def test_a_spare_runs_the_warm_up_again_before_it_parks_uncounted(server_factory
 
     # exactly what it served over HTTP: the warm-up's two requests are not counted
     wait_for(lambda: served() == len(answers), 10, what=f"the spare's count to reach {len(answers)}")
+
+    server.signal(signal.SIGHUP)  # a new generation: its spare warms up with the new preloader's app
+    found = wait_for(lambda: re.search(r"spare pid=(\d+) gen=2 parked", server.log()), 40, what="generation 2's spare")
+    new_spare = int(found.group(1))
+    assert [line["path"] for line in warm_lines(log) if line["pid"] == new_spare] == ["/a", "/missing"]
