@@ -33,7 +33,7 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import _compat, events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
-from gunicorn_smartspawn.worker import accepting, counting, models, parking
+from gunicorn_smartspawn.worker import accepting, clientsocket, counting, models, parking
 from gunicorn_smartspawn.worker.heartbeat import Heartbeat, window_for
 from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
@@ -64,6 +64,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     #: of its listeners' descriptors, taken before the request model closes its own
     promote_fds: list[int] | None = None
     alive: bool  # gunicorn's: the request loop runs while True
+    sockets: list[Any]  # gunicorn's: the listeners
     #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`); not "heartbeat",
     #: which tornado's worker names a method
     smart_heartbeat: Heartbeat
@@ -221,7 +222,21 @@ class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
 
 
 class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker under smart spawning (``--threads`` > 1, or ``gthread`` named)."""
+    """gunicorn's gthread worker under smart spawning (``--threads`` > 1, or ``gthread`` named).
+
+    Its loop is gunicorn's; what the loop accepts from are :class:`~.clientsocket.ThreadListener`
+    objects, for the loop's length only (the preloader's code compares the worker's listeners with
+    its own once the loop returns): each client socket they give makes only the blocking-mode
+    system calls that change something (:mod:`.clientsocket`).
+    """
+
+    def run(self) -> None:
+        listeners = self.sockets
+        self.sockets = clientsocket.wrapped(listeners)
+        try:
+            super().run()
+        finally:
+            self.sockets = listeners
 
 
 _composed: dict[tuple[type, type], type] = {
