@@ -4,14 +4,16 @@ keepalive timeout, max_requests and a graceful stop behave as gunicorn's gthread
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import signal
 import socket
 import time
 
 import pytest
-from harness import DIRECT, SMART, wait_for
+from harness import DIRECT, SMART, read_stat, wait_for
 
 MODES = pytest.mark.parametrize("mode", [SMART, DIRECT], ids=["smart", "direct"])
 GTHREAD = ("-w", "1", "--threads", "4")
@@ -128,3 +130,30 @@ def test_a_unix_socket_serves_kept_alive_requests(server_factory):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = read_response(sock)
             assert answer.startswith(b"HTTP/1.1 200") and str(pid).encode() in answer
+
+
+def _running(pid: int) -> bool:
+    stat = read_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+@MODES
+def test_a_busy_worker_sees_soon_that_its_master_was_killed(server_factory, mode):
+    """The parent check runs at most once per heartbeat window: a worker kept turning by requests
+    still sees its master gone within about that window, then leaves."""
+    server = server_factory(*mode, *GTHREAD, APP)
+    [worker] = server.wait_workers(1)
+    server.wait_serving()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        assert call(conn, "GET", "/")[0] == 200
+        os.kill(server.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while "Parent changed" not in server.log() and time.monotonic() - killed < 10:
+                call(conn, "GET", "/")  # keeps its loop turning
+        seen = time.monotonic() - killed
+    finally:
+        conn.close()  # a kept-alive connection in use would hold its graceful stop open
+    assert "Parent changed, shutting down" in server.log() and seen < 3, seen
+    wait_for(lambda: not _running(worker), 15, what="the worker to leave")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gunicorn_smartspawn.worker import ThreadedWorker, clientsocket
+from gunicorn_smartspawn.worker import clientsocket
 from gunicorn_smartspawn.worker.clientsocket import ClientSocket, DeferredClientSocket, ThreadListener
 
 
@@ -210,21 +210,3 @@ def test_a_listener_without_cpython_accept_is_asked_as_it_is() -> None:
             return ("client", "addr")
 
     assert ThreadListener(Odd()).accept() == ("client", "addr")
-
-
-def test_the_threaded_worker_accepts_through_thread_listeners_for_its_loop_only(monkeypatch: Any,
-                                                                               listener: socket.socket) -> None:
-    from gunicorn.workers.gthread import ThreadWorker
-
-    from gunicorn_smartspawn import events
-
-    seen: list[list[Any]] = []
-    monkeypatch.setattr(ThreadWorker, "run", lambda self: seen.append(list(self.sockets)))
-    monkeypatch.setattr(events, "fire", lambda *args: None)
-    worker = object.__new__(ThreadedWorker)
-    worker.spare = False
-    worker.sockets = [listener]
-    worker.run()
-    [inside] = seen
-    assert [type(s) for s in inside] == [ThreadListener] and inside[0].listener is listener
-    assert worker.sockets == [listener]  # the preloader's code compares its own with these
