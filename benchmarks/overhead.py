@@ -575,7 +575,8 @@ def notes(opts, runs, wrk_cmd, cpu_detail):
         "ratios smart/stock are taken cycle by cycle"
         % (wrk_cmd or "wrk", opts.app, opts.workers, opts.warmup, runs, opts.duration),
         "wrk and the server share the machine's cores (loopback only); requests/s on two "
-        "cores moves by about ±15 % between runs, so it is compared with a 0.97× margin",
+        "cores moves by about ±15 % between runs, which the CPU time per request below, "
+        "measured on its own, is meant to see through",
     ]
     method = cpu_method(opts, runs, cpu_detail)
     if opts.cpu_rounds > 0:
