@@ -20,8 +20,8 @@ two rules, which give every caller the same answers and the same errors:
 * A blocking socket asked to stop blocking (``setblocking(False)``, or a
   timeout) records the request and reports it (``gettimeout()``,
   ``getblocking()``, ``timeout``) without the system call; the first use of
-  the socket that could see its mode (any other attribute than the mode's own
-  and ``fileno()``, which a poller asks for) makes the call first. A request
+  the socket that could see its mode (any method but the mode's own, ``fileno()``,
+  which a poller asks for, and ``close()``) makes the call first. A request
   to block again before any such use cancels it: no call at all.
 
 A socket closed (``fileno() == -1``) always takes CPython's own path, so it
@@ -42,33 +42,31 @@ from typing import Any, Final
 
 from gunicorn_smartspawn.worker.accepting import NamedListener
 
-#: Attributes a deferred socket serves without setting its mode first: the mode's own, and what a
-#: poller or ``close()`` asks for, none of which depends on the mode.
+#: What a deferred socket answers without making its mode real first: the mode's own calls, and
+#: what a poller (``fileno()``) or ``close()`` asks, none of which depends on the mode. Every other
+#: method of CPython's socket makes it real first (:func:`_making_real`).
 UNTOUCHED: Final = frozenset({
-    "_pending", "_flush", "_set", "settimeout", "setblocking", "gettimeout", "getblocking", "timeout",
-    "fileno", "close", "_real_close", "_closed", "_io_refs", "__class__",
+    "settimeout", "setblocking", "gettimeout", "getblocking", "fileno", "close", "_real_close",
 })
 #: Timeouts above this take CPython's own path (which checks that they fit its clock).
 LONGEST: Final = 1e9
 _NS: Final = 1_000_000_000
+_gettimeout = socket.socket.gettimeout
+_fileno = socket.socket.fileno
+_setblocking = socket.socket.setblocking
+_settimeout = socket.socket.settimeout
 
 
-def as_timeout(value: Any) -> float | bool | None:
-    """``value`` as ``gettimeout()`` reports it once set (CPython rounds up to the nanosecond);
-    False when it is not a plain, valid timeout (CPython's own path then checks it and raises)."""
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not (0 <= value <= LONGEST):  # NaN fails both
-        return False
+def plain_timeout(value: Any) -> bool:
+    """Is ``value`` a timeout CPython takes as it is (a non-negative int or float that fits its
+    clock)? Anything else takes CPython's own path, which checks it and raises."""
+    return type(value) in (int, float) and 0 <= value <= LONGEST  # NaN fails
+
+
+def reported(value: float) -> float:
+    """A plain timeout as ``gettimeout()`` reports it once set (CPython rounds up to the nanosecond)."""
     ns = math.ceil(value * 1e9)
     return float(ns // _NS) if ns % _NS == 0 else ns / 1e9
-
-
-def as_flag(flag: Any) -> float | bool | None:
-    """``setblocking(flag)`` as a timeout; False for what CPython's own path must check."""
-    if type(flag) not in (bool, int):
-        return False
-    return None if flag else 0.0
 
 
 class ClientSocket(socket.socket):
@@ -76,25 +74,36 @@ class ClientSocket(socket.socket):
 
     __slots__ = ("_pending",)
 
+    _pending: float  # the timeout asked for and not made yet (DeferredClientSocket)
+
     def setblocking(self, flag: bool) -> None:
-        self._set(as_flag(flag), flag, True)
-
-    def settimeout(self, value: float | None) -> None:
-        self._set(as_timeout(value), value, False)
-
-    def _set(self, wanted: float | bool | None, value: Any, blocking_call: bool) -> None:
-        if wanted is not False and self.fileno() != -1:
-            current = socket.socket.gettimeout(self)
-            if wanted == current:
-                return
-            if current is None and wanted is not None:
-                self._pending = wanted
+        if type(flag) in (bool, int) and _fileno(self) != -1:
+            current = _gettimeout(self)
+            if flag:
+                if current is None:
+                    return  # blocking already
+            elif current is None:
+                self._pending = 0.0
                 _become(self, DeferredClientSocket)
                 return
-        if blocking_call:
-            socket.socket.setblocking(self, value)
-        else:
-            socket.socket.settimeout(self, value)
+            elif current == 0.0:
+                return  # non-blocking already
+        _setblocking(self, flag)
+
+    def settimeout(self, value: float | None) -> None:
+        if _fileno(self) != -1:
+            if value is None:
+                if _gettimeout(self) is None:
+                    return  # blocking already
+            elif plain_timeout(value):
+                current = _gettimeout(self)
+                if current is None:
+                    self._pending = value
+                    _become(self, DeferredClientSocket)
+                    return
+                if current == reported(value):
+                    return  # that timeout already
+        _settimeout(self, value)
 
 
 class DeferredClientSocket(ClientSocket):
@@ -103,42 +112,66 @@ class DeferredClientSocket(ClientSocket):
     __slots__ = ()
 
     def gettimeout(self) -> float | None:
-        pending: float = self._pending
-        return pending
+        return reported(self._pending)
 
     def getblocking(self) -> bool:
-        return bool(self._pending != 0.0)
+        return bool(self._pending != 0)
 
     @property
     def timeout(self) -> float | None:
-        pending: float = self._pending
-        return pending
+        return reported(self._pending)
 
-    def _set(self, wanted: float | bool | None, value: Any, blocking_call: bool) -> None:
-        if wanted is not False and self.fileno() != -1:
-            if wanted is None:
+    def setblocking(self, flag: bool) -> None:
+        if type(flag) in (bool, int) and _fileno(self) != -1:
+            if flag:
                 _become(self, ClientSocket)  # blocking again, as it still is
             else:
-                self._pending = wanted
+                self._pending = 0.0
             return
         self._flush()
-        ClientSocket._set(self, wanted, value, blocking_call)
+        _setblocking(self, flag)
+
+    def settimeout(self, value: float | None) -> None:
+        if _fileno(self) != -1:
+            if value is None:
+                _become(self, ClientSocket)
+                return
+            if plain_timeout(value):
+                self._pending = value
+                return
+        self._flush()
+        _settimeout(self, value)
 
     def _flush(self) -> None:
         """Make the mode asked for real (the system call the request left out)."""
-        pending = self._pending
         _become(self, ClientSocket)
         try:
-            socket.socket.settimeout(self, pending)
+            _settimeout(self, self._pending)
         except OSError:
-            if self.fileno() != -1:
+            if _fileno(self) != -1:
                 raise
             # closed: the call the caller makes next raises for itself, as it would have
 
-    def __getattribute__(self, name: str) -> Any:
-        if name not in UNTOUCHED:
-            object.__getattribute__(self, "_flush")()
-        return object.__getattribute__(self, name)
+
+def _making_real(name: str) -> Any:
+    method = getattr(socket.socket, name)
+
+    def call(self: DeferredClientSocket, *args: Any, **kwargs: Any) -> Any:
+        self._flush()
+        return method(self, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"CPython's ``socket.{name}``, once the deferred mode is made real."
+    return call
+
+
+for _name in dir(socket.socket):
+    if _name in UNTOUCHED or _name.startswith("__") or not callable(getattr(socket.socket, _name)):
+        continue
+    setattr(DeferredClientSocket, _name, _making_real(_name))
+for _name in ("__repr__", "__getstate__", "__enter__"):
+    if hasattr(socket.socket, _name):
+        setattr(DeferredClientSocket, _name, _making_real(_name))
 
 
 def _become(sock: socket.socket, cls: type[socket.socket]) -> None:

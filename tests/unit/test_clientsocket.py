@@ -98,7 +98,7 @@ def test_a_call_for_the_mode_the_socket_has_changes_nothing(pair: Any) -> None:
     ours.settimeout(None)
     assert type(ours) is ClientSocket and kernel_blocking(ours)
     ours.setblocking(False)
-    ours.recv_into  # noqa: B018  (a use: the mode is made)
+    ours.getsockname()  # a use: the mode is made
     ours.setblocking(False)
     ours.settimeout(0)
     assert type(ours) is ClientSocket and not kernel_blocking(ours) and ours.gettimeout() == 0.0
@@ -210,3 +210,18 @@ def test_a_listener_without_cpython_accept_is_asked_as_it_is() -> None:
             return ("client", "addr")
 
     assert ThreadListener(Odd()).accept() == ("client", "addr")
+
+
+@pytest.mark.parametrize("use", [
+    lambda s: s.send(b"x"), lambda s: s.sendall(b"x"), lambda s: s.getsockname(), lambda s: s.makefile("rb").close(),
+    lambda s: s.shutdown(socket.SHUT_WR), lambda s: s.dup().close(), lambda s: repr(s), lambda s: s.detach(),
+])
+def test_every_other_use_makes_the_mode_real_first(pair: Any, use: Any) -> None:
+    ours, _ = pair
+    fd = ours.fileno()
+    ours.setblocking(False)
+    use(ours)
+    assert type(ours) is ClientSocket
+    assert not os.get_blocking(fd)
+    if ours.fileno() == -1:  # detached: the descriptor is the test's to close
+        os.close(fd)

@@ -96,3 +96,10 @@ def test_without_cpu_rounds_the_cpu_figure_comes_from_the_timed_bursts() -> None
     opts = overhead.Options(cpu_rounds=0)
     assert overhead.cpu_method(opts, 8, {})["fixed_count"] is False
     assert "during each requests/s burst" in " ".join(overhead.notes(opts, 8, None, {}))
+
+
+def test_the_gthread_cost_compares_gunicorns_socket_and_check_with_the_plugins() -> None:
+    cost = overhead.gthread_cost(repeats=1, number=20)
+    assert set(cost) == {"stock_us", "plugin_us", "saved_us"}
+    assert cost["stock_us"] > 0 and cost["plugin_us"] > 0
+    assert cost["saved_us"] == cost["stock_us"] - cost["plugin_us"]
