@@ -605,7 +605,7 @@ def run(runs, wrk, opts=None, tmpdir=None, configs=None):
     return {"piece": "overhead", "unit": "requests/s", "variants": configs,
             "workers": opts.workers, "duration": opts.duration, "rounds": rounds,
             "summary": summary, "ratios": ratios, "failures": failures, "runs": detail,
-            "cpu_us_per_request": cpu, "cpu_ratios": cpu_ratios,
+            "cpu_us_per_request": cpu, "cpu_ratios": cpu_ratios, "cpu_rounds": cpu_rounds,
             "syscalls_per_request": syscalls, "syscall_diffs": syscall_diffs,
             "requests_per_burst": opts.requests or None,
             "cpu_method": cpu_method(opts, runs, cpu_detail),
