@@ -2,7 +2,7 @@
 ``wrk`` on loopback, smart spawning vs stock gunicorn with the same workers.
 
     python benchmarks/overhead.py [--runs 8] [--duration 2] [--workers 4]
-                                  [--cpu-rounds 12] [--cpu-requests 3000] [--cpu-connections 4]
+                                  [--cpu-rounds 20] [--cpu-requests 2000] [--cpu-connections 4]
                                   [--requests 20000] [--syscalls 2000]
     python benchmarks/overhead.py --wrapper-cost | --loop-cost
 
@@ -20,9 +20,9 @@ Two figures, measured in two phases per group:
 
 * requests/s: ``wrk -t2 -c16 -d<duration>s`` bursts (``--runs`` cycles), as
   fast as wrk and the server can go together on the machine's cores;
-* server CPU time per request (``--cpu-rounds`` rounds, 12 by default, 0 to
+* server CPU time per request (``--cpu-rounds`` rounds, 20 by default, 0 to
   take it from the requests/s bursts instead): bursts of a fixed count of
-  requests (``--cpu-requests``, 3000) over a few kept-alive connections
+  requests (``--cpu-requests``, 2000) over a few kept-alive connections
   (``--cpu-connections``, 4) from one wrk thread (``wrk -t1`` and a Lua script
   that ends wrk at the Nth response). The server's CPU seconds over the burst
   (utime + stime of the master, the preloader and the workers, /proc/PID/stat)
@@ -125,9 +125,9 @@ class Options:
     #: >0: every requests/s burst is this many requests, not a duration
     requests: int = 0
     #: >0: rounds of fixed-count bursts that give the CPU figure (0: from the requests/s bursts)
-    cpu_rounds: int = 12
+    cpu_rounds: int = 20
     #: requests per CPU burst, and the connections (one wrk thread) that send them
-    cpu_requests: int = 3000
+    cpu_requests: int = 2000
     cpu_connections: int = 4
     #: >0: end each group with one burst of this many requests per server under strace -c
     syscalls: int = 0
@@ -671,11 +671,11 @@ def main(argv=None):
     parser.add_argument("--show-commands", action="store_true")
     parser.add_argument("--requests", type=int, default=0, metavar="N",
                         help="bursts of N requests each (wrk -t1) instead of --duration")
-    parser.add_argument("--cpu-rounds", type=int, default=12, metavar="N",
-                        help="rounds of fixed-count bursts for the CPU figure (default 12; 0: take "
+    parser.add_argument("--cpu-rounds", type=int, default=20, metavar="N",
+                        help="rounds of fixed-count bursts for the CPU figure (default 20; 0: take "
                              "it from the requests/s bursts)")
-    parser.add_argument("--cpu-requests", type=int, default=3000, metavar="N",
-                        help="requests per CPU burst (default 3000)")
+    parser.add_argument("--cpu-requests", type=int, default=2000, metavar="N",
+                        help="requests per CPU burst (default 2000)")
     parser.add_argument("--cpu-connections", type=int, default=4, metavar="N",
                         help="connections of the CPU bursts, from one wrk thread (default 4)")
     parser.add_argument("--syscalls", type=int, default=0, metavar="N",
