@@ -8,8 +8,11 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -157,3 +160,34 @@ def test_a_busy_worker_sees_soon_that_its_master_was_killed(server_factory, mode
         conn.close()  # a kept-alive connection in use would hold its graceful stop open
     assert "Parent changed, shutting down" in server.log() and seen < 3, seen
     wait_for(lambda: not _running(worker), 15, what="the worker to leave")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_an_ssl_connection_serves_kept_alive_requests_and_bodies(server_factory, tmp_path):
+    """SSL wraps the plugin's client socket in Python's own SSLSocket, from a socket already blocking."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    server = server_factory(*SMART, *GTHREAD, "--certfile", str(cert), "--keyfile", str(key), APP)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+
+    def answer() -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=2)
+        try:
+            return call(conn, "GET", "/")[0]
+        finally:
+            conn.close()
+
+    wait_for(answer, 20, what="the server to answer over SSL")
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=10)
+    try:
+        assert call(conn, "GET", "/")[0] == 200
+        first = conn.sock
+        status, body = call(conn, "POST", "/read", b"x" * 50_000)
+        assert (status, json.loads(body)["read"]) == (200, 50_000)
+        assert call(conn, "POST", "/", b"y" * 3000)[0] == 200
+        assert call(conn, "GET", "/")[0] == 200
+        assert conn.sock is first
+    finally:
+        conn.close()
