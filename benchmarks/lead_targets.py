@@ -302,9 +302,12 @@ def _why_cpu(p, config, stock):
         return "This run has no CPU time per request of `%s` and `%s` to compare." % (config, stock)
     mine, theirs = cpu[config]["median"], cpu[stock]["median"]
     load = (p.get("loadavg") or [None])[0]
+    method = p.get("cpu_method") or {}
+    bursts = ("%d interleaved rounds of %d requests each" % (cpu[config]["n"], method["requests"])
+              if method.get("fixed_count") and method.get("requests") else "%d bursts" % cpu[config]["n"])
     parts = ["Server CPU time per request (user + system of all the server's processes, median "
-             "of %d bursts): `%s` %.0f µs, `%s` %.0f µs, %+.1f µs." % (
-                 cpu[config]["n"], config, mine, stock, theirs, mine - theirs)]
+             "of %s): `%s` %.0f µs, `%s` %.0f µs, %+.1f µs." % (
+                 bursts, config, mine, stock, theirs, mine - theirs)]
     over, width = ratio["median"] - CPU_LIMIT, ratio["max"] - ratio["min"]
     if ratio["min"] <= CPU_LIMIT:
         parts.append("The round-by-round ratios (%s) include rounds at or below %s: their spread "

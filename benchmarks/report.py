@@ -969,7 +969,14 @@ def section_overhead(results):
              spread(cpu.get(c), lambda x: "%.0f µs" % x, bold=False)] for c in p["variants"]]
     out.append(table(["configuration", "server command", "requests/s", "server CPU per request"],
                      rows))
-    out += ["", "Ratios, cycle by cycle (requests/s, and server CPU time per request):", ""]
+    method = p.get("cpu_method") or {}
+    if method.get("fixed_count") and method.get("rounds") and method.get("requests"):
+        how = ("requests/s cycle by cycle; server CPU time per request round by round, over %d "
+               "rounds of %d requests per server (%d connections, one wrk thread)"
+               % (method["rounds"], method["requests"], method["connections"]))
+    else:
+        how = "cycle by cycle: requests/s, and server CPU time per request over the same bursts"
+    out += ["", "Ratios (%s):" % how, ""]
     cpu_ratios = p.get("cpu_ratios") or {}
     out.append(table(["ratio", "requests/s", "CPU per request"],
                      [[k, ratio_cell(s), ratio_cell(cpu_ratios.get(k))]

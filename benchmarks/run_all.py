@@ -58,8 +58,12 @@ FULL = {
                             "stock-preload", "stock-preload-freeze",
                             "stock-preload-freeze-collect", "uwsgi", "uwsgi-lazy"],
                "runs": 1, "workers": 8, "requests": 2000},
+    # requests/s: 10 cycles of 2 s bursts; CPU per request: 20 rounds of 2000 requests over 4
+    # connections from one wrk thread (overhead.py's docstring says why); then 2000 requests per
+    # server under strace -c -f (where strace is installed): system calls per request
     "overhead": {"configs": list(overhead.CONFIGS), "runs": 10, "duration": 2.0,
-                 "warmup": 1.0, "workers": 4},
+                 "warmup": 1.0, "workers": 4, "cpu_rounds": 20, "cpu_requests": 2000,
+                 "cpu_connections": 4, "syscalls": 2000},
     "surge": {"variants": ["smart", "direct", "stock-preload"], "runs": 5, "target": 8},
     "surge-dynamic": {"variants": ["smart-dynamic", "direct-dynamic", "uwsgi-cheaper-backlog",
                                    "uwsgi-cheaper-busyness", "smart"],
@@ -83,7 +87,8 @@ QUICK = {
     "memory": {"variants": ["smart", "direct", "stock-preload-freeze"], "runs": 1,
                "workers": 2, "requests": 20},
     "overhead": {"configs": ["smart-sync", "stock-sync"], "runs": 2, "duration": 1.0,
-                 "warmup": 0.0, "workers": 2},
+                 "warmup": 0.0, "workers": 2, "cpu_rounds": 2, "cpu_requests": 300,
+                 "cpu_connections": 2},
     "surge": {"variants": ["smart", "direct"], "runs": 1, "target": 3},
     # the dynamic pool's pieces, as small as they go: smart only, 3 clients for 0.6 s
     # (no pause before the first probe: the step may start with 2 workers);
@@ -132,7 +137,10 @@ def run_piece(name, plan, env, tmpdir, done=None):
         if env["wrk"] is None:
             return {"piece": "overhead", "skipped": env["wrk_message"]}
         opts = overhead.Options(workers=plan["workers"], duration=plan["duration"],
-                                warmup=plan["warmup"], **common)
+                                warmup=plan["warmup"], cpu_rounds=plan.get("cpu_rounds", 0),
+                                cpu_requests=plan.get("cpu_requests", 2000),
+                                cpu_connections=plan.get("cpu_connections", 4),
+                                syscalls=plan.get("syscalls", 0), **common)
         return overhead.run(plan["runs"], env["wrk"], opts, tmpdir, plan["configs"])
     if name == "surge":
         opts = surge.Options(app=app, target=plan["target"], **common)

@@ -66,3 +66,40 @@ def test_the_sync_loop_cost_compares_gunicorns_code_with_the_plugins() -> None:
     assert set(cost) == {"stock_us", "plugin_us", "saved_us", "notify_stock_us", "notify_plugin_us"}
     assert cost["stock_us"] > 0 and cost["plugin_us"] > 0 and cost["notify_stock_us"] > 0
     assert cost["saved_us"] == cost["stock_us"] - cost["plugin_us"]
+
+
+def test_the_cpu_rounds_are_fixed_counts_interleaved_with_the_order_rotated(monkeypatch) -> None:
+    bursts = []
+
+    def fake_burst(server, duration, opts, fixed=None):
+        bursts.append((server, fixed))
+        return {"cpu_us_per_request": 100.0 + len(bursts), "requests": fixed[0], "rps": 1000.0,
+                "command": "wrk -t1 -c%d" % fixed[1]}
+
+    monkeypatch.setattr(overhead, "run_wrk_on", fake_burst)
+    opts = overhead.Options(cpu_rounds=3, cpu_requests=500, cpu_connections=4)
+    group = ["smart-gthread", "stock-gthread", "direct-gthread"]
+    rounds, detail = [{} for _ in range(3)], {c: [] for c in group}
+    assert overhead.cpu_phase(group, {c: c for c in group}, opts, rounds, detail) == []
+    assert {fixed for _, fixed in bursts} == {(500, 4)}  # every burst the same count, same client
+    order = [server for server, _ in bursts]
+    assert [order[i * 3] for i in range(3)] == ["smart-gthread", "stock-gthread", "direct-gthread"]
+    assert all(set(r) == set(group) for r in rounds)
+    method = overhead.cpu_method(opts, 10, detail)
+    assert method == {"fixed_count": True, "rounds": 3, "requests": 500, "connections": 4,
+                      "command": "wrk -t1 -c4"}
+    text = " ".join(overhead.notes(opts, 10, "wrk -t2 -c16 -d2s", detail))
+    assert "3 rounds of one fixed-count burst per server" in text and "one wrk thread" in text
+
+
+def test_without_cpu_rounds_the_cpu_figure_comes_from_the_timed_bursts() -> None:
+    opts = overhead.Options(cpu_rounds=0)
+    assert overhead.cpu_method(opts, 8, {})["fixed_count"] is False
+    assert "during each requests/s burst" in " ".join(overhead.notes(opts, 8, None, {}))
+
+
+def test_the_gthread_cost_compares_gunicorns_socket_and_check_with_the_plugins() -> None:
+    cost = overhead.gthread_cost(repeats=1, number=20)
+    assert set(cost) == {"stock_us", "plugin_us", "saved_us"}
+    assert cost["stock_us"] > 0 and cost["plugin_us"] > 0
+    assert cost["saved_us"] == cost["stock_us"] - cost["plugin_us"]
