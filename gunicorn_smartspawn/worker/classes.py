@@ -35,7 +35,7 @@ from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 from gunicorn_smartspawn import _compat, events
 from gunicorn_smartspawn.errors import HookNotInstalled
 from gunicorn_smartspawn.hook import state as hook_state
-from gunicorn_smartspawn.worker import accepting, clientsocket, counting, models, parking
+from gunicorn_smartspawn.worker import accepting, counting, models, parking
 from gunicorn_smartspawn.worker.heartbeat import Heartbeat, window_for
 from gunicorn_smartspawn.worker.runtime import InheritedTmp, SpawnContext, drop_root
 
@@ -69,7 +69,6 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
     #: through it (:mod:`.parking`), so that warm-up requests are never counted as served
     plain_app: Any = None
     alive: bool  # gunicorn's: the request loop runs while True
-    sockets: list[Any]  # gunicorn's: the listeners
     #: gunicorn's notify(), at most once per short window (:mod:`.heartbeat`); not "heartbeat",
     #: which tornado's worker names a method
     smart_heartbeat: Heartbeat
@@ -233,22 +232,11 @@ class SyncWorker(Worker, _GunicornSyncWorker):  # type: ignore[misc]
 class ThreadedWorker(Worker, _GunicornThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker under smart spawning (``--threads`` > 1, or ``gthread`` named).
 
-    Its loop is gunicorn's; what the loop accepts from are :class:`~.clientsocket.ThreadListener`
-    objects, for the loop's length only (the preloader's code compares the worker's listeners with
-    its own once the loop returns): each client socket they give makes only the blocking-mode
-    system calls that change something (:mod:`.clientsocket`).
+    Its loop is gunicorn's, with the parent check made at most once per heartbeat window.
     """
 
     #: until when (monotonic) the last look at the parent covers: see :meth:`is_parent_alive`
     _parent_seen_until: float = -math.inf
-
-    def run(self) -> None:
-        listeners = self.sockets
-        self.sockets = clientsocket.wrapped(listeners)
-        try:
-            super().run()
-        finally:
-            self.sockets = listeners
 
     def is_parent_alive(self) -> bool:
         """gunicorn's check (``getppid()``), which its loop makes on every turn (about twice per

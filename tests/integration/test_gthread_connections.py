@@ -1,6 +1,6 @@
-"""The gthread worker's connections under the plugin (worker/clientsocket.py leaves out the blocking-mode
-calls that change nothing): kept-alive connections, bodies read and unread, slow clients, errors, the
-keepalive timeout, max_requests and a graceful stop behave as gunicorn's gthread worker makes them."""
+"""The gthread worker's connections under the plugin (gunicorn's loop, with the plugin's heartbeat and
+parent check): kept-alive connections, bodies read and unread, slow clients, errors, the keepalive
+timeout, max_requests and a graceful stop behave as gunicorn's gthread worker makes them."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def test_without_cpu_rounds_the_cpu_figure_comes_from_the_timed_bursts() -> None
     assert "during each requests/s burst" in " ".join(overhead.notes(opts, 8, None, {}))
 
 
-def test_the_gthread_cost_compares_gunicorns_socket_and_check_with_the_plugins() -> None:
+def test_the_gthread_cost_compares_gunicorns_parent_check_with_the_plugins() -> None:
     cost = overhead.gthread_cost(repeats=1, number=20)
     assert set(cost) == {"stock_us", "plugin_us", "saved_us"}
     assert cost["stock_us"] > 0 and cost["plugin_us"] > 0

@@ -1,45 +1,15 @@
-"""worker/classes.py's ThreadedWorker: what it changes around gunicorn's gthread loop (the listeners
-the loop accepts from, the parent check's rate)."""
+"""worker/classes.py's ThreadedWorker: what it changes around gunicorn's gthread loop (the parent
+check's rate)."""
 
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gunicorn_smartspawn.worker import ThreadedWorker
-from gunicorn_smartspawn.worker.clientsocket import ThreadListener
 from gunicorn_smartspawn.worker.heartbeat import Heartbeat
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    yield sock
-    sock.close()
-
-
-def test_the_threaded_worker_accepts_through_thread_listeners_for_its_loop_only(monkeypatch: Any,
-                                                                               listener: socket.socket) -> None:
-    from gunicorn.workers.gthread import ThreadWorker
-
-    from gunicorn_smartspawn import events
-
-    seen: list[list[Any]] = []
-    monkeypatch.setattr(ThreadWorker, "run", lambda self: seen.append(list(self.sockets)))
-    monkeypatch.setattr(events, "fire", lambda *args: None)
-    worker = object.__new__(ThreadedWorker)
-    worker.spare = False
-    worker.sockets = [listener]
-    worker.run()
-    [inside] = seen
-    assert [type(s) for s in inside] == [ThreadListener] and inside[0].listener is listener
-    assert worker.sockets == [listener]  # the preloader's code compares its own with these
 
 
 class Clock:
