@@ -62,7 +62,7 @@ FULL = {
     # connections from one wrk thread (overhead.py's docstring says why); then 2000 requests per
     # server under strace -c -f (where strace is installed): system calls per request
     "overhead": {"configs": list(overhead.CONFIGS), "runs": 10, "duration": 2.0,
-                 "warmup": 1.0, "workers": 4, "cpu_rounds": 20, "cpu_requests": 2000,
+                 "warmup": 1.0, "workers": 4, "cpu_rounds": 30, "cpu_requests": 2000,
                  "cpu_connections": 4, "syscalls": 2000},
     "surge": {"variants": ["smart", "direct", "stock-preload"], "runs": 5, "target": 8},
     "surge-dynamic": {"variants": ["smart-dynamic", "direct-dynamic", "uwsgi-cheaper-backlog",
