@@ -59,6 +59,7 @@ from gunicorn_smartspawn.preloader.code import (
 )
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.preloader.inspector import Inspector
+from gunicorn_smartspawn.preloader.nextworker import IDLE_BUILD, NextWorker, settle
 from gunicorn_smartspawn.wire import (
     COMMANDS,
     Channel,
@@ -73,7 +74,7 @@ from gunicorn_smartspawn.wire import (
 from gunicorn_smartspawn.worker import models as worker_models
 from gunicorn_smartspawn.worker import servers as worker_servers
 from gunicorn_smartspawn.worker import warmup
-from gunicorn_smartspawn.worker.runtime import SpawnContext, drop_root, leave, run_worker_process
+from gunicorn_smartspawn.worker.runtime import drop_root, leave, run_worker_process
 
 #: The preloader's own system calls, bound when the master imported this module: a request
 #: model that monkey-patches (gevent) replaces them before the app's import, and the preloader's
@@ -120,6 +121,8 @@ class Preloader:
         self.model: worker_models.Model | None = None
         self.inspector: Inspector | None = None
         self.boot_batch = False  # the spawn requests waiting at the end of the import (boot.py)
+        self.next_worker = NextWorker(  # built while idle, as gunicorn's arbiter builds one before its fork
+            lambda: launch.worker_class(0, self.master_pid, self.listeners, self.app, self.cfg.timeout / 2.0, self.cfg, self.log))
 
     # -- process life -------------------------------------------------------------------
 
@@ -276,11 +279,15 @@ class Preloader:
         while True:
             inspector = self.inspector
             timeout = max(0.0, inspector.deadline - time.monotonic()) if inspector is not None else None
+            if not self.next_worker.ready:
+                timeout = IDLE_BUILD if timeout is None else min(timeout, IDLE_BUILD)
             watched: list[Any] = [self.channel] if inspector is None else [self.channel, inspector]
             try:
                 ready = _select(watched, [], [], timeout)[0]
             except InterruptedError:
                 continue
+            if not ready:
+                self.next_worker.build()
             if inspector is not None and (inspector in ready or not ready) and inspector.poll():
                 self.inspector = None
             if self.channel not in ready:
@@ -316,7 +323,8 @@ class Preloader:
         started = time.perf_counter()
         try:
             try:
-                pid = self.forker.spawn(lambda: self._worker(request, heartbeat_fd))
+                worker = self.next_worker.take()
+                pid = self.forker.spawn(lambda: self._worker(worker, request, heartbeat_fd))
             except SpawnError as exc:
                 self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
                 return
@@ -326,7 +334,7 @@ class Preloader:
         finally:
             os.close(heartbeat_fd)
 
-    def _worker(self, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
+    def _worker(self, worker: Any, request: SpawnWorker, heartbeat_fd: int) -> NoReturn:
         """The new worker: leave the preloader's world, then run gunicorn's worker."""
         self.channel.close()  # a worker never holds a channel to its preloader
         if self.inspector is not None:
@@ -345,20 +353,7 @@ class Preloader:
             self.model.after_fork()  # gevent: a hub of the preloader's is started again here
         forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
         sockets = _compat.per_worker_listeners(self.cfg, list(self.listeners), self.log)
-        worker = self.launch.worker_class(
-            request.age, self.master_pid, sockets, self.app, self.cfg.timeout / 2.0, self.cfg, self.log
-        )
-        worker.attach(
-            SpawnContext(
-                app_name=self.app_name,
-                forked=True,
-                scoreboard=self.launch.scoreboard,
-                slot=request.slot if request.slot >= 0 else None,
-                spare=bool(request.spare),
-            )
-        )
-        worker.use_heartbeat_fd(heartbeat_fd)
-        worker.pid = os.getpid()
+        settle(worker, request, heartbeat_fd, sockets, self.app_name, self.launch.scoreboard)
         code = run_worker_process(self.launch.server, worker)
         if code == 0 and getattr(worker, "promote_fds", None) is not None:  # refork_after: the master chose it
             from gunicorn_smartspawn.preloader.mold import become_preloader
