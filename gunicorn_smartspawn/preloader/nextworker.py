@@ -9,7 +9,8 @@ master's file, passed with the request). Here the preloader builds the next
 one while it has nothing to do (:data:`IDLE_BUILD` after its last message)
 or, when a request finds none ready, right before the clone::
 
-    idle             build: worker_class(...) -> close its WorkerTmp (unlinked, never used)
+    idle             build: worker_class(...) -> close its WorkerTmp (unlinked, never used);
+                     rehearse the request's decoding (see :func:`rehearse`)
     SpawnWorker(age) take it (nothing is left for the next clone to inherit)
                      clone -> the worker: its age, listeners, heartbeat file, context; then gunicorn's run
 
@@ -22,7 +23,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from gunicorn_smartspawn.wire import SpawnWorker
+from gunicorn_smartspawn import _linux
+from gunicorn_smartspawn.wire import COMMANDS, FrameDecoder, SpawnWorker, encode
 from gunicorn_smartspawn.worker.runtime import SpawnContext
 
 #: Seconds without a message after which an idle preloader builds its next worker object: after a
@@ -45,6 +47,7 @@ class NextWorker:
         """Build the next worker object now, unless one waits already."""
         if self._ready is None:
             self._ready = self._make()
+            rehearse()
 
     def take(self) -> Any:
         """The object for the spawn in hand: the one built ahead, else a new one."""
@@ -76,3 +79,15 @@ def settle(worker: Any, request: SpawnWorker, heartbeat_fd: int, sockets: list[A
             spare=bool(request.spare),
         )
     )
+
+
+def rehearse() -> None:
+    """Go through what the preloader does between a request's arrival and the clone, without I/O:
+    decode a request, count the OS threads. Each clone shares every page with the new worker again,
+    so the first request after it copied those pages on its way (about 0.3 ms measured); rehearsed
+    while idle, the copies are made before the request comes."""
+    decoder = FrameDecoder(COMMANDS)
+    decoder.feed(encode(SpawnWorker(age=1)), [-1])
+    for _message in decoder:
+        pass
+    _linux.os_thread_count()

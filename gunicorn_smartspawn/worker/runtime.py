@@ -43,23 +43,29 @@ class InheritedTmp:
 
     Same interface and clock as gunicorn's ``WorkerTmp``: the master reads the
     change of the file's mtime through its own descriptor of the same file.
+    It holds the descriptor itself: a file object around it only added its
+    creation to every spawn.
     """
 
     def __init__(self, fd: int) -> None:
-        self._file = os.fdopen(fd, "w+b", 0)
+        self._fd = fd
 
     def notify(self) -> None:
         now = time.monotonic()
-        os.utime(self._file.fileno(), (now, now))
+        os.utime(self.fileno(), (now, now))
 
     def last_update(self) -> float:
-        return os.fstat(self._file.fileno()).st_mtime
+        return os.fstat(self.fileno()).st_mtime
 
     def fileno(self) -> int:
-        return self._file.fileno()
+        if self._fd < 0:
+            raise ValueError("the heartbeat file is closed")  # as a closed file object says
+        return self._fd
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def run_worker_process(server: Any, worker: Any) -> int:
