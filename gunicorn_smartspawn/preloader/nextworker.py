@@ -11,15 +11,15 @@ or, when a request finds none ready, right before the clone::
 
     idle             build: worker_class(...) -> close its WorkerTmp (unlinked, never used);
                      rehearse the request's decoding (see :func:`rehearse`)
-    SpawnWorker(age) take it (nothing is left for the next clone to inherit)
-                     clone -> the worker: its age, listeners, heartbeat file, context; then gunicorn's run
+    SpawnWorker(age) take it (nothing is left for the next clone to inherit); its age, heartbeat
+                     file and context; clone -> the worker: its pid and listeners; then gunicorn's run
+                     the preloader forgets its copy
 
 Each object serves exactly one worker: a built object is never reused.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -33,42 +33,52 @@ IDLE_BUILD: Final = 0.1
 
 
 class NextWorker:
-    """Holds at most one built worker object; :meth:`take` hands it over (or builds one now)."""
+    """Holds at most one built worker object; :meth:`take` hands it over (or builds one now).
+
+    A constructor that raises here is not the preloader's failure: from then on each worker builds
+    its own object again (:meth:`make`), where the error is a failed boot, as it always was."""
 
     def __init__(self, build: Callable[[], Any]) -> None:
         self._build = build
         self._ready: Any = None
+        self._failed = False
 
     @property
     def ready(self) -> bool:
-        return self._ready is not None
+        return self._ready is not None or self._failed
 
     def build(self) -> None:
         """Build the next worker object now, unless one waits already."""
-        if self._ready is None:
-            self._ready = self._make()
+        if self._ready is None and not self._failed:
+            self._ready = self._guarded()
             rehearse()
 
     def take(self) -> Any:
-        """The object for the spawn in hand: the one built ahead, else a new one."""
+        """The object for the spawn in hand: the one built ahead, else a new one; None if it cannot be
+        built here (the new worker then calls :meth:`make`)."""
         worker, self._ready = self._ready, None
-        return worker if worker is not None else self._make()
+        return worker if worker is not None or self._failed else self._guarded()
 
-    def drop(self) -> None:
-        """Forget the object built ahead (a refork: the promoted worker builds its own)."""
-        self._ready = None
-
-    def _make(self) -> Any:
+    def make(self) -> Any:
+        """A worker object, built in the calling process; what the constructor raises propagates."""
         worker = self._build()
         # gunicorn's constructor made a heartbeat file (created and unlinked); the worker uses the
         # master's instead (Worker.use_heartbeat_fd), so neither process keeps this one open
         worker.tmp.close()
         return worker
 
+    def _guarded(self) -> Any:
+        try:
+            return self.make()
+        except Exception:
+            self._failed = True
+            return None
 
-def settle(worker: Any, request: SpawnWorker, heartbeat_fd: int, sockets: list[Any], app_name: str, scoreboard: Any) -> None:
-    """In the new worker: make the object built ahead this worker (its age, pid, listeners, heartbeat file, context)."""
-    worker.age, worker.pid, worker.sockets = request.age, os.getpid(), sockets
+
+def assign(worker: Any, request: SpawnWorker, heartbeat_fd: int, app_name: str, scoreboard: Any) -> None:
+    """Make a built object the requested worker (its age, heartbeat file, context); the preloader does
+    it before the clone, where this path is warm. The new worker then sets its pid and listeners."""
+    worker.age = request.age
     worker.use_heartbeat_fd(heartbeat_fd)  # first: attach() reads the heartbeat file
     worker.attach(
         SpawnContext(
@@ -79,6 +89,26 @@ def settle(worker: Any, request: SpawnWorker, heartbeat_fd: int, sockets: list[A
             spare=bool(request.spare),
         )
     )
+
+
+def assigned(worker: Any, request: SpawnWorker, heartbeat_fd: int, app_name: str, scoreboard: Any) -> Any:
+    """:func:`assign` in the preloader: ``worker``, or None (the new worker then builds its own, where an
+    error is a failed boot, not the preloader's) when there is none or assigning it fails."""
+    if worker is None:
+        return None
+    try:
+        assign(worker, request, heartbeat_fd, app_name, scoreboard)
+    except Exception:
+        return None
+    return worker
+
+
+def forget(worker: Any) -> None:
+    """In the preloader, after the clone: its copy of the object is garbage. Its references go now, so
+    that a cycle through it (a request model's bound callback) is not kept for ever by ``gc.freeze()``
+    (the preloader's collector does not run)."""
+    if worker is not None:
+        vars(worker).clear()
 
 
 def rehearse() -> None:

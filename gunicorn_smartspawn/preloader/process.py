@@ -59,7 +59,7 @@ from gunicorn_smartspawn.preloader.code import (
 )
 from gunicorn_smartspawn.preloader.fork import Forker, SpawnError
 from gunicorn_smartspawn.preloader.inspector import Inspector
-from gunicorn_smartspawn.preloader.nextworker import IDLE_BUILD, NextWorker, settle
+from gunicorn_smartspawn.preloader.nextworker import IDLE_BUILD, NextWorker, assign, assigned, forget
 from gunicorn_smartspawn.wire import (
     COMMANDS,
     Channel,
@@ -321,13 +321,15 @@ class Preloader:
             gc.freeze()  # objects created since the last fork join the shared image
         mark = heartbeat(heartbeat_fd) if ahead else None
         started = time.perf_counter()
+        worker = assigned(self.next_worker.take(), request, heartbeat_fd, self.app_name, self.launch.scoreboard)
         try:
             try:
-                worker = self.next_worker.take()
                 pid = self.forker.spawn(lambda: self._worker(worker, request, heartbeat_fd))
             except SpawnError as exc:
                 self._send(SpawnFailed(age=request.age, error=cut_text(str(exc), 500)))
                 return
+            finally:
+                forget(worker)
             fork_ms = (time.perf_counter() - started) * 1000.0
             self._send(WorkerSpawned(age=request.age, pid=pid, fork_ms=round(fork_ms, 3)))
             head_start(heartbeat_fd, mark)  # (boot.py) after the report: the master knows it before it serves
@@ -352,8 +354,10 @@ class Preloader:
         if self.model is not None:
             self.model.after_fork()  # gevent: a hub of the preloader's is started again here
         forksafety.prepare_worker(self.fork_findings, self.cfg, self.log)
-        sockets = _compat.per_worker_listeners(self.cfg, list(self.listeners), self.log)
-        settle(worker, request, heartbeat_fd, sockets, self.app_name, self.launch.scoreboard)
+        if worker is None:  # the preloader could not build it: here a failing constructor is a failed boot
+            worker = self.next_worker.make()
+            assign(worker, request, heartbeat_fd, self.app_name, self.launch.scoreboard)
+        worker.pid, worker.sockets = os.getpid(), _compat.per_worker_listeners(self.cfg, list(self.listeners), self.log)
         code = run_worker_process(self.launch.server, worker)
         if code == 0 and getattr(worker, "promote_fds", None) is not None:  # refork_after: the master chose it
             from gunicorn_smartspawn.preloader.mold import become_preloader
