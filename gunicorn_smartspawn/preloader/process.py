@@ -84,6 +84,7 @@ _select, _fork, _waitpid, _signal, _sleep = select.select, os.fork, os.waitpid, 
 REPARENT_DEADLINE = 5.0
 #: Signals the preloader ignores: the master owns them and speaks over the channel.
 _IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR2", "SIGTTIN", "SIGTTOU", "SIGWINCH")
+_RESET = tuple(getattr(signal, name) for name in (*_IGNORED, "SIGTERM", "SIGUSR1"))  # at their defaults in a worker
 
 
 @dataclass(frozen=True)
@@ -342,8 +343,8 @@ class Preloader:
         if self.inspector is not None:
             self.inspector.close()  # nor its inspector's pipe
         self.inspector, self.boot_batch = None, False
-        for name in (*_IGNORED, "SIGTERM", "SIGUSR1"):
-            _signal(getattr(signal, name), signal.SIG_DFL)  # gunicorn's worker sets its own next
+        for sig in _RESET:
+            _signal(sig, signal.SIG_DFL)  # gunicorn's worker sets its own next
         deadline = time.monotonic() + REPARENT_DEADLINE
         while os.getppid() != self.master_pid:  # double fork: until the intermediate is gone
             if time.monotonic() > deadline or os.getppid() == 1:

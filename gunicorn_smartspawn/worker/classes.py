@@ -153,7 +153,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             self._score = self._scoreboard.slot(self.scoreboard_index, threaded=self.model is None or self.model.threaded)
         if not self.forked:
             drop_root(self.cfg)  # a forked worker's preloader did, before it imported the app
-        else:
+        elif self.cfg.reload:
             # --reload: the master watches the code and starts a new preloader generation; a
             # reloader here would only restart this worker from the preloader's old code
             self.cfg.set("reload", False)
@@ -189,7 +189,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]
             raise AppImportError(f"{type(exc).__name__}: {exc}") from exc
         attr = "asgi" if "asgi" in vars(self) else "wsgi"  # gunicorn's own asgi worker keeps it apart
         app = getattr(self, attr, None)
-        if self.model is not None:
+        if self.model is not None and not self.forked:  # (a forked worker's preloader checked this very object)
             words = models.setting_words(models.table_name(self.app))
             models.check_pairing(self.model, app, models.app_uri(self.app), words)
         self.plain_app = app
