@@ -329,15 +329,49 @@ def _why_cpu(p, config, stock):
     else:
         parts.append("System calls per request were not counted in this run "
                      "(`python benchmarks/overhead.py --syscalls N`, with strace).")
-    wrapper = (p.get("wrapper_cost") or {}).get(config.rsplit("-", 1)[1] + "_us")
+    model = config.rsplit("-", 1)[1]
+    wrapper = (p.get("wrapper_cost") or {}).get(model + "_us")
     if wrapper is not None:
         parts.append("In-process, the plugin's request wrapper adds %.2f µs to a request%s." % (
             wrapper, ", %.0f %% of the difference above" % (wrapper / (mine - theirs) * 100)
             if mine > theirs else ""))
+        net = _net_in_process(p, model, wrapper, calls, config, stock)
+        if net:
+            parts.append(net)
     else:
         parts.append("The wrapper's own cost was not measured in this run "
                      "(`python benchmarks/overhead.py --wrapper-cost`).")
     return " ".join(parts)
+
+
+def _net_in_process(p, model, wrapper, calls, config, stock):
+    """The plugin's own per-request code against gunicorn's, both timed in one process (minimum of
+    many timings): the wrapper against what the worker's loop saves; None if the loop was not timed."""
+    loop, gthread = p.get("loop_cost") or {}, p.get("gthread_cost") or {}
+    if model == "sync" and loop.get("saved_us") is not None:
+        net = wrapper - loop["saved_us"]
+        return ("The sync loop's own work around a connection (heartbeat, accept, the listener's "
+                "address, close) takes %.2f µs in gunicorn's code and %.2f µs in the plugin's: with "
+                "the wrapper, the plugin's code on a request costs %.2f µs %s than gunicorn's, "
+                "timed in one process." % (loop["stock_us"], loop["plugin_us"], abs(net),
+                                            "less" if net < 0 else "more"))
+    if model == "gthread" and gthread.get("saved_us") is not None and loop.get("notify_stock_us"):
+        diff = ((p.get("syscall_diffs") or {}).get("%s-%s" % (config, stock)) or {}).get("by_name") or {}
+        beats = -diff.get("utimensat", 0.0) if diff else None
+        beat_saved = loop["notify_stock_us"] - loop["notify_plugin_us"]
+        text = ("The gthread worker's own work around a kept-alive request (the poller, the "
+                "blocking-mode calls, two parent checks) takes %.2f µs with gunicorn's parent check "
+                "and %.2f µs with the plugin's; a heartbeat costs %.2f µs in gunicorn's code and "
+                "%.2f µs in the plugin's" % (gthread["stock_us"], gthread["plugin_us"],
+                                              loop["notify_stock_us"], loop["notify_plugin_us"]))
+        if beats is None or beats <= 0:
+            return text + "."
+        net = wrapper - gthread["saved_us"] - beats * beat_saved
+        return text + (", and gunicorn's worker writes %.2f more heartbeats per request (strace "
+                       "above): with the wrapper, the plugin's code on a request costs %.2f µs %s "
+                       "than gunicorn's, timed in one process." % (
+                           beats, abs(net), "less" if net < 0 else "more"))
+    return None
 
 
 #: The boot's phases as heavy_app's import log splits them (medians of the boot piece's figures),

@@ -63,7 +63,8 @@ FULL = {
     # server under strace -c -f (where strace is installed): system calls per request
     "overhead": {"configs": list(overhead.CONFIGS), "runs": 10, "duration": 2.0,
                  "warmup": 1.0, "workers": 4, "cpu_rounds": 30, "cpu_requests": 2000,
-                 "cpu_connections": 4, "syscalls": 2000},
+                 "cpu_connections": 4, "syscalls": 2000,
+                 "in_process": {"repeats": 20}},
     "surge": {"variants": ["smart", "direct", "stock-preload"], "runs": 5, "target": 8},
     "surge-dynamic": {"variants": ["smart-dynamic", "direct-dynamic", "uwsgi-cheaper-backlog",
                                    "uwsgi-cheaper-busyness", "smart"],
@@ -88,7 +89,7 @@ QUICK = {
                "workers": 2, "requests": 20},
     "overhead": {"configs": ["smart-sync", "stock-sync"], "runs": 2, "duration": 1.0,
                  "warmup": 0.0, "workers": 2, "cpu_rounds": 2, "cpu_requests": 300,
-                 "cpu_connections": 2},
+                 "cpu_connections": 2, "in_process": {"repeats": 1}},
     "surge": {"variants": ["smart", "direct"], "runs": 1, "target": 3},
     # the dynamic pool's pieces, as small as they go: smart only, 3 clients for 0.6 s
     # (no pause before the first probe: the step may start with 2 workers);
@@ -141,7 +142,10 @@ def run_piece(name, plan, env, tmpdir, done=None):
                                 cpu_requests=plan.get("cpu_requests", 2000),
                                 cpu_connections=plan.get("cpu_connections", 4),
                                 syscalls=plan.get("syscalls", 0), **common)
-        return overhead.run(plan["runs"], env["wrk"], opts, tmpdir, plan["configs"])
+        result = overhead.run(plan["runs"], env["wrk"], opts, tmpdir, plan["configs"])
+        if plan.get("in_process"):  # the request path's own code, plugin against gunicorn, in this process
+            result.update(overhead.in_process_costs(**plan["in_process"]))
+        return result
     if name == "surge":
         opts = surge.Options(app=app, target=plan["target"], **common)
         return surge.run(env["filter"](plan["variants"]), plan["runs"], opts, tmpdir)
