@@ -253,15 +253,9 @@ class Preloader:
     def _warm_up(self) -> None:
         """``preloader_warmup``: the requests run through the app before the fork (warmup.py); the
         fork-safety inspection that follows finds what connections they left open."""
-        requests = list(getattr(self.cfg, "preloader_warmup", None) or [])
-        if requests:
-            where = f"app={self.app_name} preloader gen={self.generation} pid={os.getpid()}"
-            loaded = self.app.wsgi()  # gunicorn's application objects load once and keep the callable
-            kind = self.model.interface if self.model is not None else None
-            if kind not in ("wsgi", "asgi"):
-                kind = worker_models.interface_of(loaded)
-            timeout = int(getattr(self.cfg, "preloader_warmup_timeout", 30) or 0)
-            warmup.run(loaded, kind, requests, timeout, self.log, where)
+        where = f"app={self.app_name} preloader gen={self.generation} pid={os.getpid()}"
+        # gunicorn's application objects load once and keep the callable
+        warmup.run_configured(self.app.wsgi(), self.cfg, self.model, self.log, where)
 
     def _choose_fork(self) -> str:
         """Settle how workers are created; says which, for the log."""

@@ -27,7 +27,7 @@ from typing import Any
 from gunicorn import util
 
 from gunicorn_smartspawn import _compat
-from gunicorn_smartspawn.worker import models, warmup
+from gunicorn_smartspawn.worker import warmup
 
 #: The master's wake-up: harmless (its default action is to continue) to any other process.
 WAKE = signal.SIGCONT
@@ -41,15 +41,10 @@ def warm_up(worker: Any) -> warmup.Summary | None:
     They run through the app as loaded, before the scoreboard's count wraps it: a
     warm-up is not a request served. Failures are logged and never fatal, and
     ``preloader_warmup_timeout`` bounds the whole, as in the preloader."""
-    requests = list(getattr(worker.cfg, "preloader_warmup", None) or [])
     app = getattr(worker, "plain_app", None)
-    if not requests or app is None:
+    if app is None:
         return None
-    kind = worker.model.interface if worker.model is not None else None
-    if kind not in ("wsgi", "asgi"):
-        kind = models.interface_of(app)
-    timeout = int(getattr(worker.cfg, "preloader_warmup_timeout", 30) or 0)
-    return warmup.run(app, kind, requests, timeout, worker.log, f"app={worker.app_name} spare pid={os.getpid()}")
+    return warmup.run_configured(app, worker.cfg, worker.model, worker.log, f"app={worker.app_name} spare pid={os.getpid()}")
 
 
 def warm_request_path(worker: Any) -> bool:

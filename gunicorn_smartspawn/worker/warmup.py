@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from gunicorn_smartspawn.config.validators import split_request
+from gunicorn_smartspawn.worker import models
 
 #: Bound when the master imported this module: the app (gevent) may patch these before the warm-up.
 _signal, _setitimer = signal.signal, signal.setitimer
@@ -50,6 +51,20 @@ class Summary:
     failed: list[str] = field(default_factory=list)
     timed_out: bool = False
     seconds: float = 0.0
+
+
+def run_configured(app: Any, cfg: Any, model: Any, log: Any, where: str) -> Summary | None:
+    """The settings' ``preloader_warmup`` through ``app``, bounded by ``preloader_warmup_timeout``: for
+    the preloader before its first fork and for a spare before it parks. The interface is the request
+    model's, else told from the app. None when the list is empty."""
+    requests = list(getattr(cfg, "preloader_warmup", None) or [])
+    if not requests:
+        return None
+    kind = model.interface if model is not None else None
+    if kind not in ("wsgi", "asgi"):
+        kind = models.interface_of(app)
+    timeout = int(getattr(cfg, "preloader_warmup_timeout", 30) or 0)
+    return run(app, kind, requests, timeout, log, where)
 
 
 def run(app: Any, kind: str | None, requests: list[str], timeout: int, log: Any, where: str) -> Summary:

@@ -7,23 +7,16 @@ import os
 from typing import Any
 
 import pytest
+from test_wire import FakeClock
 
 from gunicorn_smartspawn.worker import ThreadedWorker
 from gunicorn_smartspawn.worker.heartbeat import Heartbeat
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def looking(monkeypatch: Any) -> tuple[ThreadedWorker, Clock, list[int]]:
+def looking(monkeypatch: Any) -> tuple[ThreadedWorker, FakeClock, list[int]]:
     """A worker whose parent check counts its getppid() calls, on a clock the test moves."""
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(), []
     parent = [os.getppid()]
     worker = object.__new__(ThreadedWorker)
     worker.ppid = parent[0]
